@@ -1,1 +1,6 @@
-"""engines."""
+"""Engines: the training schedule and the three-stage trainer."""
+
+from .prototype_trainer import PrototypeTrainer, loss_terms
+from .schedule import Stage, TrainingSchedule
+
+__all__ = ["PrototypeTrainer", "Stage", "TrainingSchedule", "loss_terms"]

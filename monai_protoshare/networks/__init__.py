@@ -1,1 +1,37 @@
-"""networks."""
+"""Networks: the UM-ProtoShare family (paper §2.2, App. A, E, F)."""
+
+from .backbone import FeatureBackbone
+from .cnn import CNNClassifier, GAPClassifierHead
+from .decoder import UNetStyleDecoder
+from .encoder import ResNetEncoder
+from .factory import MODEL_CONFIGURATIONS, build_network, model_names
+from .fusion import ConcatFusion, GatedFusion, MultiScaleFeatureFusion
+from .localisation import AddOn, MappingHead
+from .pretrained import inflate_resnet2d_state_dict, load_imagenet_resnet, load_medicalnet_resnet
+from .prototypes import PrototypeBank, masked_descriptors
+from .protonet import PrototypeNetwork, PrototypeOutput
+from .quadruplet_attention import QuadrupletAttention
+
+__all__ = [
+    "MODEL_CONFIGURATIONS",
+    "AddOn",
+    "CNNClassifier",
+    "ConcatFusion",
+    "FeatureBackbone",
+    "GAPClassifierHead",
+    "GatedFusion",
+    "MappingHead",
+    "MultiScaleFeatureFusion",
+    "PrototypeBank",
+    "PrototypeNetwork",
+    "PrototypeOutput",
+    "QuadrupletAttention",
+    "ResNetEncoder",
+    "UNetStyleDecoder",
+    "build_network",
+    "inflate_resnet2d_state_dict",
+    "load_imagenet_resnet",
+    "load_medicalnet_resnet",
+    "masked_descriptors",
+    "model_names",
+]

@@ -1,0 +1,247 @@
+"""The three-stage trainer (paper §2.3, App. B.1, D.5): warm-up, latent space, push, classifier."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from ignite.engine import Events
+from monai.engines import Trainer
+from monai.engines.utils import default_prepare_batch
+from monai.optimizers import WarmupCosineSchedule
+from monai.utils import CommonKeys
+from torch import nn
+
+from ..losses import ClassifierStageLoss, LatentSpaceLoss
+from ..networks import CNNClassifier
+from .schedule import Stage, TrainingSchedule
+
+__all__ = ["PrototypeTrainer", "loss_terms"]
+
+logger = logging.getLogger(__name__)
+
+LOSS_TERMS = ("loss", "cls", "clst", "sep", "map", "oc", "div", "l1")
+
+
+def loss_terms(output: dict | None) -> dict[str, float]:
+    """The loss terms of an iteration's output, for StatsHandler/TensorBoardStatsHandler ``output_transform``."""
+    return {k: output[k] for k in LOSS_TERMS if output and k in output}
+
+
+class PrototypeTrainer(Trainer):
+    """Trains a prototype network through the schedule of App. D.5 as one Ignite run of ``schedule.total_epochs``.
+
+    Every epoch belongs to one :class:`Stage`:
+
+    - ``WARMUP``: the CNN model sharing the network's backbone and add-ons
+      (:meth:`CNNClassifier.sharing`): encoder, decoder, gates and add-ons trained with cross-entropy,
+      AdamW (``warmup_lr``, ``warmup_weight_decay``).
+    - ``LATENT`` (stage 1): :class:`LatentSpaceLoss` (eq. 19); decoder and gates frozen (their BN in eval
+      mode, so they really stay as warm-up left them), classifier frozen; AdamW over encoder, add-ons,
+      mapping modules (weight decay ``latent_weight_decay``) and prototypes (no weight decay);
+      ``WarmupCosineSchedule`` stepped once per latent epoch (``lr_warmup_epochs`` of ``latent_epochs``).
+    - push (stage 2, eq. 20) after each block of latent epochs: :class:`PrototypePushHandler`.
+    - ``CLASSIFIER`` (stage 3): :class:`ClassifierStageLoss` (eq. 21), Adam on the classifier only; the
+      rest of the network runs in eval mode without gradients (only the last layer is trained, so BN
+      statistics must not drift and no activation needs to be kept).
+
+    A :class:`CNNClassifier` network (the CNN baseline) is trained with warm-up epochs only.
+
+    Stage switching, per-epoch reseeding (so a resumed run repeats exactly the epoch it lost), the LR
+    schedule and the push are attached here, before ``train_handlers``, so a checkpoint saved by a
+    user handler at ``EPOCH_COMPLETED`` always includes the push of that epoch.
+
+    Args:
+        device: training device.
+        network: a :class:`PrototypeNetwork` or :class:`CNNClassifier`.
+        train_data_loader: augmented training batches with ``image`` (B, 4, H, W, D) and ``label`` (B,).
+        schedule: the :class:`TrainingSchedule`; ``max_epochs`` defaults to its ``total_epochs``.
+        push_data_loader: un-augmented training fold for the push (required when the schedule has
+            latent epochs).
+        latent_loss, classifier_loss: stage losses (default: the paper's coefficients).
+        warmup_lr, warmup_weight_decay, latent_lr, latent_weight_decay, lr_warmup_epochs,
+        lr_warmup_multiplier, classifier_lr: optimiser settings of App. D.5.
+        seed: base seed of the per-epoch reseeding.
+        push_output_dir: where the push writes its provenance JSON (optional).
+        distributed: wrap the trained modules in DistributedDataParallel when a process group is initialised.
+        amp: bf16 autocast (CUDA only).
+        train_handlers: MONAI/Ignite handlers attached after the built-in ones.
+        key_train_metric, additional_metrics: Ignite metrics on ``{"pred", "label"}`` outputs.
+    """
+
+    def __init__(
+        self,
+        device: torch.device | str,
+        network: nn.Module,
+        train_data_loader,
+        schedule: TrainingSchedule,
+        push_data_loader=None,
+        latent_loss: nn.Module | None = None,
+        classifier_loss: nn.Module | None = None,
+        max_epochs: int | None = None,
+        warmup_lr: float = 1e-3,
+        warmup_weight_decay: float = 1e-2,
+        latent_lr: float = 1e-3,
+        latent_weight_decay: float = 1e-2,
+        lr_warmup_epochs: int = 20,
+        lr_warmup_multiplier: float = 0.05,
+        classifier_lr: float = 1e-3,
+        seed: int = 0,
+        push_output_dir: str | None = None,
+        distributed: bool = False,
+        amp: bool = False,
+        non_blocking: bool = False,
+        prepare_batch: Callable = default_prepare_batch,
+        train_handlers: Sequence | None = None,
+        key_train_metric: dict | None = None,
+        additional_metrics: dict | None = None,
+        epoch_length: int | None = None,
+    ) -> None:
+        from ..handlers.epoch_reseed import EpochReseedHandler
+        from ..handlers.push import PrototypePushHandler
+        from ..handlers.training_stage import TrainingStageHandler
+
+        total = schedule.total_epochs
+        if max_epochs is not None and int(max_epochs) != total:
+            raise ValueError(
+                f"max_epochs={max_epochs} disagrees with the schedule's total of {total} epochs "
+                f"({schedule}); change the schedule's epoch counts instead."
+            )
+        is_cnn = isinstance(network, CNNClassifier)
+        if is_cnn and schedule.latent_epochs:
+            raise ValueError(
+                "a CNNClassifier has no prototypes: its schedule must have latent_epochs=0 "
+                f"(only warm-up epochs); got {schedule}."
+            )
+        if schedule.latent_epochs and push_data_loader is None:
+            raise ValueError("push_data_loader (the un-augmented training fold) is required for the push.")
+        use_amp = bool(amp) and torch.device(device).type == "cuda"
+        super().__init__(
+            device=device,
+            max_epochs=total,
+            data_loader=train_data_loader,
+            epoch_length=epoch_length,
+            non_blocking=non_blocking,
+            prepare_batch=prepare_batch,
+            key_metric=key_train_metric,
+            additional_metrics=additional_metrics,
+            amp=use_amp,
+            decollate=False,
+        )
+        self.network = network
+        self.schedule = schedule
+        self.warmup_model = network if is_cnn else CNNClassifier.sharing(network)
+        self.latent_loss = latent_loss if latent_loss is not None else LatentSpaceLoss()
+        self.classifier_loss = classifier_loss if classifier_loss is not None else ClassifierStageLoss()
+        self.distributed = bool(distributed) and dist.is_available() and dist.is_initialized()
+        self.state.stage = None
+        self.state.lr = None
+
+        groups = self.warmup_model.parameter_groups()
+        self.warmup_optimizer = torch.optim.AdamW(
+            [p for g in groups.values() for p in g], lr=warmup_lr, weight_decay=warmup_weight_decay
+        )
+        self.latent_optimizer = self.latent_scheduler = self.classifier_optimizer = None
+        if not is_cnn:
+            groups = network.parameter_groups()
+            self.latent_optimizer = torch.optim.AdamW(
+                [
+                    {"params": groups["encoder"] + groups["add_ons"] + groups["mapping"]},
+                    {"params": groups["prototypes"], "weight_decay": 0.0},
+                ],
+                lr=latent_lr,
+                weight_decay=latent_weight_decay,
+            )
+            self.latent_scheduler = WarmupCosineSchedule(
+                self.latent_optimizer,
+                warmup_steps=lr_warmup_epochs,
+                t_total=max(schedule.latent_epochs, 1),
+                warmup_multiplier=lr_warmup_multiplier,
+            )
+            self.classifier_optimizer = torch.optim.Adam(groups["classifier"], lr=classifier_lr)
+
+        # built-in handlers, attached before the user's so that checkpoints follow the push
+        EpochReseedHandler(seed, train_data_loader).attach(self)
+        TrainingStageHandler().attach(self)
+        if self.latent_scheduler is not None:
+            self.add_event_handler(Events.EPOCH_COMPLETED, self._step_latent_scheduler)
+            PrototypePushHandler(push_data_loader, output_dir=push_output_dir).attach(self)
+        if train_handlers is not None:
+            self._register_handlers(train_handlers)
+
+    # ------------------------------------------------------------------ state for checkpoints
+    def checkpoint_objects(self) -> dict[str, Any]:
+        """Everything a resumed run needs, for MONAI ``CheckpointSaver``/``CheckpointLoader`` ``save_dict``."""
+        objects: dict[str, Any] = {"network": self.network, "trainer": self, "warmup_optimizer": self.warmup_optimizer}
+        if self.warmup_model is not self.network:
+            objects["warmup_head"] = self.warmup_model.head
+        if self.latent_optimizer is not None:
+            objects.update(
+                latent_optimizer=self.latent_optimizer,
+                latent_scheduler=self.latent_scheduler,
+                classifier_optimizer=self.classifier_optimizer,
+            )
+        return objects
+
+    # ------------------------------------------------------------------ stages
+    def module_for(self, stage: Stage) -> nn.Module:
+        """The module trained in ``stage`` (DDP-wrapped by the stage handler when distributed)."""
+        return self.warmup_model if stage == Stage.WARMUP else self.network
+
+    def optimizer_for(self, stage: Stage) -> torch.optim.Optimizer:
+        return {
+            Stage.WARMUP: self.warmup_optimizer,
+            Stage.LATENT: self.latent_optimizer,
+            Stage.CLASSIFIER: self.classifier_optimizer,
+        }[stage]
+
+    def _step_latent_scheduler(self, engine: PrototypeTrainer) -> None:
+        if self.schedule.stage(engine.state.epoch) == Stage.LATENT:
+            self.latent_scheduler.step()
+
+    def _iteration(self, engine: PrototypeTrainer, batchdata: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """One optimisation step of the current stage.
+
+        Returns ``{"pred": logits (B, C), "label": (B,), "loss": float, <loss terms>: float}``.
+        """
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        images, labels = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking)[:2]
+        labels = labels.long().view(-1)
+        stage = engine.state.stage
+        optimizer = self.optimizer_for(stage)
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=engine.amp):
+            if stage == Stage.WARMUP:
+                logits = engine.forward_module(images)
+                terms = {"cls": F.cross_entropy(logits, labels)}
+                terms["loss"] = terms["cls"]
+            elif stage == Stage.LATENT:
+                output = engine.forward_module(images)
+                logits = output.logits
+                terms = self.latent_loss(self.network, output, labels)
+            else:
+                with torch.no_grad():
+                    similarities = self.network.explain(images, online_cam=False).similarities
+                logits = self.network.classifier(similarities.float())
+                terms = self.classifier_loss(self.network, logits, labels)
+        terms["loss"].backward()
+        if stage == Stage.CLASSIFIER and self.distributed:
+            _all_reduce_gradients(self.network.classifier.parameters())
+        optimizer.step()
+        out = {k: float(v.detach()) for k, v in terms.items()}
+        out.update({CommonKeys.PRED: logits.detach().float(), CommonKeys.LABEL: labels})
+        return out
+
+
+def _all_reduce_gradients(parameters) -> None:
+    """Average gradients over ranks (stage 3 trains only the small classifier, outside DDP)."""
+    world = dist.get_world_size()
+    for p in parameters:
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= world

@@ -1,0 +1,197 @@
+"""Stage 2, the push (eq. 20): every prototype becomes the descriptor of its best-matching training case."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from ignite.engine import Events
+from torch import nn
+
+from ..io import write_json
+
+__all__ = ["PrototypePushHandler", "PushResult", "map_mass_box", "push_prototypes"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PushResult:
+    """Outcome of one push.
+
+    Attributes:
+        similarity_before: (K_total,) cosine similarity of each old prototype to its chosen descriptor.
+        subject_ids: source case of each prototype, scale order.
+        boxes: (K_total, 6) voxel boxes (x0, y0, z0, x1, y1, z1; end exclusive) in network-input space.
+        num_cases: cases seen (over all ranks).
+        seconds: wall time of the pass.
+    """
+
+    similarity_before: torch.Tensor
+    subject_ids: list[str]
+    boxes: torch.Tensor
+    num_cases: int
+    seconds: float
+
+
+def map_mass_box(attention: torch.Tensor, input_size: tuple[int, ...], fraction: float = 0.5) -> torch.Tensor:
+    """3D box of a map's mass: voxels ≥ ``fraction`` × the map's maximum, scaled to the input grid.
+
+    Args:
+        attention: one map (H_s, W_s, D_s).
+        input_size: network input size (H, W, D).
+        fraction: relative threshold.
+
+    Returns:
+        (6,) int64: x0, y0, z0, x1, y1, z1 in input voxels, end exclusive.
+    """
+    active = attention >= fraction * attention.max()
+    lows, highs = [], []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        idx = active.any(dim=other).nonzero().flatten()
+        step = input_size[axis] / attention.shape[axis]
+        lows.append(int(idx.min()) * step)
+        highs.append((int(idx.max()) + 1) * step)
+    return torch.tensor([round(v) for v in lows + highs], dtype=torch.long)
+
+
+@torch.no_grad()
+def push_prototypes(
+    network: nn.Module,
+    data_loader,
+    device: torch.device | str,
+    epoch: int = -1,
+    image_key: str = "image",
+    label_key: str = "label",
+    id_key: str = "subject_id",
+) -> PushResult:
+    """Eq. (20): ``p_s^k ← H_s^k(x_n')``, ``n' = argmax_n S_s^k(x_n, p_s^k)``, over the un-augmented training set.
+
+    One no-grad pass with BN in eval mode. Each prototype's candidates are the descriptors computed with
+    its **own** attention map (eq. 14); class-specific prototypes only consider cases of their class (as
+    ProtoPNet/MProtoNet do). The provenance buffers of the prototype bank record the source subject, the
+    box of the map's mass in that case, the similarity before the push and the epoch. Under
+    ``torch.distributed`` each rank scans its shard, candidates are gathered, and every rank ends with
+    the same prototypes (highest similarity; ties go to the lowest rank).
+
+    Args:
+        network: a :class:`~monai_protoshare.networks.PrototypeNetwork`.
+        data_loader: batches with ``image`` (B, 4, H, W, D), ``label`` (B,), ``subject_id`` (B strings).
+        device: device of the network.
+        epoch: recorded in the provenance.
+
+    Returns:
+        :class:`PushResult`.
+    """
+    start = time.perf_counter()
+    was_training = network.training
+    network.eval()
+    bank = network.prototypes
+    slices = bank.scale_slices()
+    total, dim = bank.num_prototypes, network.embedding_dim
+    best_sim = torch.full((total,), -float("inf"), device=device)
+    best_desc = torch.zeros(total, dim, device=device)
+    best_box = torch.full((total, 6), -1, dtype=torch.long)
+    best_id = [""] * total
+    identity = network.prototype_class_identity if network.ownership == "class_specific" else None
+    num_cases = 0
+    for batch in data_loader:
+        images = batch[image_key].to(device)
+        labels = torch.as_tensor(batch[label_key]).long().view(-1).to(device)
+        ids = list(batch[id_key])
+        num_cases += images.shape[0]
+        out = network.explain(images, online_cam=False)
+        for i, sl in enumerate(slices):
+            descriptors = out.descriptors[i].float()  # (B, K_s, E)
+            sims = F.cosine_similarity(descriptors, bank.vectors[i].unsqueeze(0).float(), dim=-1, eps=1e-8)
+            if identity is not None:
+                sims = sims.masked_fill(identity[labels][:, sl] == 0, -float("inf"))
+            batch_best, case = sims.max(dim=0)  # (K_s,)
+            for k in (batch_best > best_sim[sl]).nonzero().flatten().tolist():
+                j, b = sl.start + k, int(case[k])
+                best_sim[j] = batch_best[k]
+                best_desc[j] = descriptors[b, k]
+                best_id[j] = str(ids[b])
+                best_box[j] = map_mass_box(out.attention[i][b, k].float(), tuple(images.shape[2:]))
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        best_sim, best_desc, best_box, best_id, num_cases = _gather_best(best_sim, best_desc, best_box, best_id, num_cases)
+    missing = [j for j in range(total) if best_id[j] == ""]
+    if missing:
+        raise ValueError(
+            f"push found no candidate for prototypes {missing} (global indices): the push data loader holds no "
+            "case of their class."
+        )
+    for i, sl in enumerate(slices):
+        bank.vectors[i].data.copy_(best_desc[sl].to(bank.vectors[i].dtype))
+    bank.set_source_ids(torch.arange(total), best_id)
+    bank.source_box.copy_(best_box)
+    bank.source_similarity.copy_(best_sim.to(bank.source_similarity))
+    bank.push_epoch.fill_(int(epoch))
+    network.train(was_training)
+    return PushResult(best_sim.cpu(), best_id, best_box, num_cases, time.perf_counter() - start)
+
+
+def _gather_best(best_sim, best_desc, best_box, best_id, num_cases):
+    """Combine per-rank candidates: the highest similarity wins, ties go to the lowest rank."""
+    payload = (best_sim.cpu(), best_desc.cpu(), best_box, best_id, num_cases)
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, payload)
+    sims = torch.stack([g[0] for g in gathered])  # (R, K)
+    winner = sims.argmax(dim=0)  # first maximum = lowest rank
+    device = best_sim.device
+    k = torch.arange(sims.shape[1])
+    best_sim = sims[winner, k].to(device)
+    best_desc = torch.stack([g[1] for g in gathered])[winner, k].to(device)
+    best_box = torch.stack([g[2] for g in gathered])[winner, k]
+    best_id = [gathered[int(r)][3][j] for j, r in enumerate(winner)]
+    return best_sim, best_desc, best_box, best_id, sum(g[4] for g in gathered)
+
+
+class PrototypePushHandler:
+    """Runs :func:`push_prototypes` at ``EPOCH_COMPLETED`` of the last latent epoch of each block (App. D.5).
+
+    Logs the result and, with ``output_dir``, writes the provenance of every prototype to
+    ``prototypes_epoch<E>.json`` and ``prototypes.json`` (rank 0).
+
+    Args:
+        data_loader: the un-augmented training fold.
+        output_dir: folder for the provenance JSON (optional).
+    """
+
+    def __init__(self, data_loader, output_dir: str | os.PathLike | None = None) -> None:
+        self.data_loader = data_loader
+        self.output_dir = output_dir
+        self.last_result: PushResult | None = None
+
+    def attach(self, engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine) -> None:
+        epoch = engine.state.epoch
+        if not engine.schedule.push_after(epoch):
+            return
+        result = push_prototypes(engine.network, self.data_loader, engine.state.device, epoch=epoch)
+        self.last_result = result
+        engine.state.push_seconds = result.seconds
+        before = result.similarity_before
+        logger.info(
+            "push after epoch %d: %d prototypes from %d distinct of %d cases, similarity before push "
+            "min %.3f / mean %.3f (1.0 after), %.1f s",
+            epoch,
+            len(result.subject_ids),
+            len(set(result.subject_ids)),
+            result.num_cases,
+            float(before.min()),
+            float(before.mean()),
+            result.seconds,
+        )
+        if self.output_dir is not None and getattr(engine.state, "rank", 0) == 0:
+            record = {"epoch": epoch, "prototypes": engine.network.prototypes.provenance()}
+            write_json(os.path.join(self.output_dir, f"prototypes_epoch{epoch}.json"), record)
+            write_json(os.path.join(self.output_dir, "prototypes.json"), record)

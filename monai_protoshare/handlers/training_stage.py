@@ -1,0 +1,84 @@
+"""Switches parameter groups, module modes and the forward function at each stage change (App. B.1, D.5)."""
+
+from __future__ import annotations
+
+import logging
+
+import torch.distributed as dist
+from ignite.engine import Events
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from ..engines.schedule import Stage
+
+__all__ = ["TRAINABLE_GROUPS", "TrainingStageHandler"]
+
+logger = logging.getLogger(__name__)
+
+#: parameter groups (``parameter_groups()`` names) each stage trains; everything else gets requires_grad=False
+TRAINABLE_GROUPS: dict[Stage, tuple[str, ...]] = {
+    Stage.WARMUP: ("encoder", "decoder", "add_ons", "classifier"),  # of the warm-up (CNN) model
+    Stage.LATENT: ("encoder", "add_ons", "mapping", "prototypes"),  # "up to and including the prototype bank"
+    Stage.CLASSIFIER: ("classifier",),
+}
+
+
+class _Explain(nn.Module):
+    """Routes ``forward`` to ``explain`` so DistributedDataParallel synchronises the full stage-1 forward."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, x):
+        return self.network.explain(x)
+
+
+class TrainingStageHandler:
+    """At every ``EPOCH_STARTED`` of a :class:`~monai_protoshare.engines.PrototypeTrainer`: set
+    ``engine.state.stage`` from the schedule, ``requires_grad_`` exactly the stage's parameter groups
+    (:data:`TRAINABLE_GROUPS`), put modules in the right mode, and choose ``engine.forward_module``.
+
+    Modes: warm-up trains the CNN model in train mode; stage 1 runs the network in train mode except the
+    frozen decoder and gates, kept in eval mode (their BN statistics stay as warm-up left them); stage 3
+    runs the whole network in eval mode (only the classifier learns). Under ``torch.distributed`` the
+    trained module of each stage is wrapped once in DistributedDataParallel, after its trainable set is
+    fixed.
+    """
+
+    def __init__(self) -> None:
+        self._wrapped: dict[Stage, nn.Module] = {}
+
+    def attach(self, engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def __call__(self, engine) -> None:
+        stage = engine.schedule.stage(engine.state.epoch)
+        if stage != engine.state.stage:
+            logger.info("epoch %d: stage %s", engine.state.epoch, stage.value)
+        engine.state.stage = stage
+        module = engine.module_for(stage)
+        network = engine.network
+        for p in list(network.parameters()) + list(engine.warmup_model.parameters()):
+            p.requires_grad_(False)
+        groups = module.parameter_groups()
+        for name in TRAINABLE_GROUPS[stage]:
+            for p in groups[name]:
+                p.requires_grad_(True)
+        if stage == Stage.CLASSIFIER:
+            network.eval()
+        else:
+            module.train()
+            if stage == Stage.LATENT:
+                for frozen in (network.backbone.decoder, network.backbone.fusions):
+                    if frozen is not None:
+                        frozen.eval()
+        forward = module if stage == Stage.WARMUP else _Explain(network)
+        if engine.distributed and stage != Stage.CLASSIFIER:
+            if stage not in self._wrapped:
+                device_ids = [engine.state.device] if engine.state.device.type == "cuda" else None
+                self._wrapped[stage] = DistributedDataParallel(forward, device_ids=device_ids, find_unused_parameters=True)
+            forward = self._wrapped[stage]
+        engine.forward_module = forward
+        engine.state.lr = engine.optimizer_for(stage).param_groups[0]["lr"]
+        engine.state.rank = dist.get_rank() if engine.distributed else 0

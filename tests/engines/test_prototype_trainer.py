@@ -1,0 +1,76 @@
+import pytest
+import torch
+from ignite.engine import Events
+from monai.data import DataLoader, Dataset
+from monai.transforms import RandGaussianNoised
+
+from monai_protoshare.engines import PrototypeTrainer, TrainingSchedule
+from monai_protoshare.handlers.checkpoint import TrainingCheckpointHandler
+from monai_protoshare.networks import build_network
+from tests.toy_data import TINY_NET, ToyCases
+
+SCHEDULE = TrainingSchedule(warmup_epochs=1, latent_epochs=2, push_interval=1, classifier_epochs=1)
+
+
+def _trainer(ckpt_dir, stop_after=None, n=6):
+    torch.manual_seed(123)  # a different init than the run being resumed would need is fine: it is overwritten
+    net = build_network("um_protoshare", **TINY_NET)
+    items = [ToyCases(n)[i] for i in range(n)]
+    train = Dataset(items, transform=RandGaussianNoised("image", prob=0.5, std=0.1))
+    loader = DataLoader(train, batch_size=2, shuffle=True, num_workers=0)
+    push_loader = DataLoader(Dataset(items), batch_size=3)
+    trainer = PrototypeTrainer("cpu", net, loader, SCHEDULE, push_data_loader=push_loader, seed=7)
+    TrainingCheckpointHandler(ckpt_dir, trainer.checkpoint_objects()).attach(trainer)
+    if stop_after is not None:
+        trainer.add_event_handler(Events.EPOCH_COMPLETED(once=stop_after), lambda e: e.terminate())
+    return trainer
+
+
+@pytest.mark.parametrize("stop_after", [2, 3])  # mid stage 1; right after the first push
+def test_killed_run_resumes_to_the_same_weights(tmp_path, stop_after):
+    reference = _trainer(tmp_path / "reference")
+    reference.run()
+    interrupted = _trainer(tmp_path / "resumed", stop_after=stop_after)
+    interrupted.run()
+    assert interrupted.state.epoch == stop_after
+    resumed = _trainer(tmp_path / "resumed")
+    resumed.run()
+    assert resumed.state.epoch == SCHEDULE.total_epochs
+    expected = reference.network.state_dict()
+    for key, value in resumed.network.state_dict().items():
+        torch.testing.assert_close(value, expected[key], rtol=0, atol=0, msg=key)
+    # the final model file holds the network alone and loads without unpickling code
+    model = torch.load(tmp_path / "resumed" / "model.pt", weights_only=True)
+    assert set(model) == set(expected)
+
+
+def test_checkpoint_of_another_model_is_refused(tmp_path):
+    _trainer(tmp_path, stop_after=1).run()
+    net = build_network("um_protoshare_b", **TINY_NET)
+    loader = DataLoader(Dataset([ToyCases(2)[i] for i in range(2)]), batch_size=2)
+    trainer = PrototypeTrainer("cpu", net, loader, SCHEDULE, push_data_loader=loader)
+    TrainingCheckpointHandler(tmp_path, trainer.checkpoint_objects()).attach(trainer)
+    with pytest.raises(RuntimeError, match="does not fit this run's 'network'"):
+        trainer.run()
+
+
+def test_loss_falls_and_training_learns_the_toy_task():
+    torch.manual_seed(0)
+    net = build_network("um_protoshare", **TINY_NET)
+    data = ToyCases(16)
+    loader = DataLoader(data, batch_size=4, shuffle=True)
+    schedule = TrainingSchedule(warmup_epochs=6, latent_epochs=6, push_interval=3, classifier_epochs=3)
+    trainer = PrototypeTrainer("cpu", net, loader, schedule, push_data_loader=DataLoader(data, batch_size=8))
+    losses = {}
+    trainer.add_event_handler(
+        Events.ITERATION_COMPLETED,
+        lambda e: losses.setdefault((e.state.stage.value, e.state.epoch), []).append(e.state.output["loss"]),
+    )
+    trainer.run()
+    warmup = [sum(v) / len(v) for (stage, _), v in sorted(losses.items(), key=lambda kv: kv[0][1]) if stage == "warmup"]
+    latent = [sum(v) / len(v) for (stage, _), v in sorted(losses.items(), key=lambda kv: kv[0][1]) if stage == "latent"]
+    assert warmup[-1] < warmup[0] and latent[-1] < latent[0]
+    net.eval()
+    with torch.no_grad():
+        predicted = net(data.images).argmax(1)
+    assert (predicted == data.labels).float().mean() >= 0.9
