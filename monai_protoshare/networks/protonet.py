@@ -232,6 +232,10 @@ class PrototypeNetwork(nn.Module):
         similarities = torch.cat(similarities, dim=1)
         return PrototypeOutput(logits=self.classifier(similarities), similarities=similarities, **parts)
 
+    def topk_count(self, num_voxels: int) -> int:
+        """Number of voxels in ProtoPNet's top-α average pooling: ⌈α · V⌉ (at least 1)."""
+        return max(1, math.ceil(self.topk_fraction * num_voxels))
+
     def _voxel_matching(self, g: torch.Tensor, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """ProtoPNet (App. F.1): per-voxel cosine similarity, top-α average pooling.
 
@@ -240,8 +244,7 @@ class PrototypeNetwork(nn.Module):
         """
         voxel_sims = self.prototypes.voxel_similarities(g, i)
         flat = voxel_sims.flatten(2)
-        k = max(1, int(math.ceil(self.topk_fraction * flat.shape[-1])))
-        top = flat.topk(k, dim=-1)
+        top = flat.topk(self.topk_count(flat.shape[-1]), dim=-1)
         best = top.indices[..., :1].expand(-1, -1, g.shape[1]).transpose(1, 2)
         descriptors = g.flatten(2).gather(2, best).transpose(1, 2)
         return top.values.mean(dim=-1), descriptors, voxel_sims
