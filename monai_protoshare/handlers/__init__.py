@@ -1,1 +1,21 @@
-"""handlers."""
+"""Ignite handlers: training stages, push, checkpoints, reseeding, metrics, evaluation report."""
+
+from .checkpoint import TrainingCheckpointHandler
+from .epoch_reseed import EpochReseedHandler
+from .evaluation_report import EvaluationReportHandler
+from .metric_handlers import ActivationPrecision, BalancedAccuracy, ExpectedCalibrationError, IncrementalDeletion
+from .push import PrototypePushHandler, push_prototypes
+from .training_stage import TrainingStageHandler
+
+__all__ = [
+    "ActivationPrecision",
+    "BalancedAccuracy",
+    "EpochReseedHandler",
+    "EvaluationReportHandler",
+    "ExpectedCalibrationError",
+    "IncrementalDeletion",
+    "PrototypePushHandler",
+    "TrainingCheckpointHandler",
+    "TrainingStageHandler",
+    "push_prototypes",
+]
