@@ -1,0 +1,410 @@
+"""Preprocessing and augmentation as MONAI dict transforms (paper App. C; DESIGN §3-§4), and their inversion.
+
+Preprocessing (:func:`preprocessing_transforms`), for an item of :func:`~monai_protoshare.data.brats.load_brats_datalist`:
+
+1. ``LoadImaged`` + ``EnsureChannelFirstd``: the four sequence files stacked as channels [T1, T1-CE, T2, FLAIR]
+   (4, X, Y, Z) float32, the segmentation (1, X, Y, Z).
+2. ``Orientationd("RAS")``.
+3. ``CropForegroundd`` to the bounding box of the non-zero voxels of any sequence (the skull-stripped brain),
+   done before resampling because it is cheaper on fewer voxels.
+4. ``Spacingd`` to ``pixdim`` mm isotropic (bilinear for the image, nearest for the segmentation).
+5. ``ResizeWithPadOrCropd`` to ``spatial_size``: a crop or zero-pad centred on the brain's bounding box.
+6. ``NormalizeIntensityd(nonzero=True, channel_wise=True)``: z-score per sequence over its non-zero (brain)
+   voxels; the background stays 0.
+7. With a segmentation: ``mask`` = whole tumour (seg labels {1, 2, 4}, i.e. seg > 0) as (1, H, W, D) float32,
+   the tumour mask of the interpretability metrics (never a training input). ``seg`` keeps the labels (float32).
+
+Steps 2-5 are invertible: :func:`to_native_space` takes any map on the network grid back to the shape and
+affine of the input sequences. ``label`` and other keys pass through.
+
+Presets (DESIGN §4) are arguments, e.g. ``paper``: ``spatial_size=(128, 128, 96), pixdim=1.5``;
+``cpu_small``: ``spatial_size=(64, 64, 48), pixdim=3.0``.
+
+Augmentation (:func:`augmentation_transforms`): the eight operations of App. C with the nnU-Net parameters as
+MProtoNet uses them (``reference/umprotoshare_code.md`` §4), applied to every training case whatever its
+grade (the reference code augments LGG only, a bug).
+
+Example:
+    >>> from monai_protoshare.data.transforms import eval_transforms, to_native_space
+    >>> transform = eval_transforms(spatial_size=(64, 64, 48), pixdim=3.0)
+    >>> item = transform(datalist[0])
+    >>> item["image"].shape, item["mask"].shape
+    (torch.Size([4, 64, 64, 48]), torch.Size([1, 64, 64, 48]))
+    >>> native = to_native_space(item["mask"], item["image"], transform)  # shape and affine of the input files
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import (
+    Compose,
+    CropForegroundd,
+    EnsureChannelFirstd,
+    Invertd,
+    LoadImaged,
+    MapTransform,
+    NormalizeIntensityd,
+    Orientationd,
+    RandAdjustContrast,
+    RandFlipd,
+    RandGaussianNoised,
+    RandGaussianSmooth,
+    RandomizableTransform,
+    RandRotated,
+    RandScaleIntensity,
+    RandScaleIntensityFixedMean,
+    RandSimulateLowResolution,
+    RandZoomd,
+    ResizeWithPadOrCropd,
+    Spacingd,
+)
+from monai.utils import MAX_SEED, ensure_tuple_rep, look_up_option
+
+__all__ = [
+    "RandChannelwised",
+    "WholeTumourMaskd",
+    "augmentation_transforms",
+    "eval_transforms",
+    "inference_transforms",
+    "preprocessing_transforms",
+    "to_native_space",
+    "train_transforms",
+]
+
+_INTERPOLATION = ("linear", "nearest")
+# Axis labels of NIfTI world coordinates (RAS+), explicit because MONAI 1.6 is changing the default.
+_RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
+
+
+def _is_nonzero(image: torch.Tensor) -> torch.Tensor:
+    """Foreground of a skull-stripped image: every non-zero voxel (a module function, so it pickles)."""
+    return image != 0
+
+
+class WholeTumourMaskd(MapTransform):
+    """Add the whole-tumour mask (seg labels {1, 2, 4}) as (1, H, W, D) float32 under ``mask_key``.
+
+    The mask keeps the segmentation's metadata (affine and applied operations), so it can be inverted like it.
+
+    Args:
+        seg_key: key of the (1, H, W, D) BraTS segmentation (labels 0, 1, 2, 4).
+        mask_key: key the mask is written to.
+    """
+
+    def __init__(self, seg_key: str = "seg", mask_key: str = "mask"):
+        super().__init__(seg_key)
+        self.seg_key, self.mask_key = seg_key, mask_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        d[self.mask_key] = (d[self.seg_key] > 0).to(torch.float32)
+        return d
+
+
+class RandChannelwised(RandomizableTransform, MapTransform):
+    """Apply a random array transform to each channel on its own (nnU-Net's ``p_per_sample`` / ``p_per_channel``).
+
+    With probability ``prob`` a sample is augmented; each of its channels then, with probability
+    ``prob_per_channel``, gets its own random draw of ``transform`` (which should have ``prob=1``).
+
+    Args:
+        keys: keys of (C, H, W, D) images.
+        transform: a randomizable MONAI array transform, e.g. ``RandGaussianSmooth(prob=1.0)``.
+        prob: probability of augmenting a sample.
+        prob_per_channel: probability of augmenting each channel of an augmented sample.
+        allow_missing_keys: do not raise for missing keys.
+
+    Example:
+        >>> blur = RandChannelwised("image", RandGaussianSmooth(prob=1.0), prob=0.2, prob_per_channel=0.5)
+        >>> blur.set_random_state(0)({"image": torch.rand(4, 16, 16, 12)})["image"].shape
+        torch.Size([4, 16, 16, 12])
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        transform: RandomizableTransform,
+        prob: float = 0.1,
+        prob_per_channel: float = 1.0,
+        allow_missing_keys: bool = False,
+    ):
+        RandomizableTransform.__init__(self, prob)
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        if not 0 <= prob_per_channel <= 1:
+            raise ValueError(f"prob_per_channel must be in [0, 1], got {prob_per_channel}.")
+        self.transform = transform
+        self.prob_per_channel = prob_per_channel
+
+    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None):
+        super().set_random_state(seed, state)
+        self.transform.set_random_state(seed=int(self.R.randint(MAX_SEED)))
+        return self
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        self.randomize(None)
+        if not self._do_transform:
+            return d
+        for key in self.key_iterator(d):
+            image = d[key]
+            out = image.clone()
+            for channel in range(image.shape[0]):
+                if self.R.rand() < self.prob_per_channel:
+                    out[channel : channel + 1] = torch.as_tensor(self.transform(image[channel : channel + 1]))
+            d[key] = out
+        return d
+
+
+def preprocessing_transforms(
+    spatial_size: Sequence[int] = (128, 128, 96),
+    pixdim: float | Sequence[float] = 1.5,
+    *,
+    with_seg: bool = True,
+    image_key: str = "image",
+    seg_key: str = "seg",
+    mask_key: str = "mask",
+) -> Compose:
+    """Deterministic, invertible preprocessing of paper App. C (see the module docstring for the steps).
+
+    Args:
+        spatial_size: network input size (H, W, D), e.g. (128, 128, 96) (``paper``) or (64, 64, 48) (``cpu_small``).
+        pixdim: isotropic voxel size in mm (1.5 ``paper``, 3.0 ``cpu_small``), or three sizes.
+        with_seg: also load ``seg_key`` and add the whole-tumour mask ``mask_key``.
+        image_key: key of the list of four sequence paths [T1, T1-CE, T2, FLAIR].
+        seg_key: key of the segmentation path.
+        mask_key: key of the whole-tumour mask that is added.
+
+    Returns:
+        A ``Compose`` giving ``image`` float32 (4, H, W, D) z-scored over brain voxels per channel, and with
+        ``with_seg`` also ``seg`` (1, H, W, D) labels and ``mask`` (1, H, W, D) in {0, 1}.
+    """
+    spatial_size = tuple(int(n) for n in ensure_tuple_rep(spatial_size, 3))
+    pixdim = tuple(float(p) for p in ensure_tuple_rep(pixdim, 3))
+    if min(spatial_size) < 1 or min(pixdim) <= 0:
+        raise ValueError(f"spatial_size must be positive and pixdim > 0 mm, got {spatial_size} and {pixdim}.")
+    keys = [image_key, seg_key] if with_seg else [image_key]
+    modes = ["bilinear", "nearest"][: len(keys)]
+    transforms = [
+        LoadImaged(keys, reader="NibabelReader", image_only=True, dtype=np.float32),
+        EnsureChannelFirstd(keys),
+        Orientationd(keys, axcodes="RAS", labels=_RAS_LABELS),
+        CropForegroundd(
+            keys,
+            source_key=image_key,
+            select_fn=_is_nonzero,
+            allow_smaller=True,
+            start_coord_key=None,
+            end_coord_key=None,
+        ),
+        Spacingd(keys, pixdim=pixdim, mode=modes),
+        ResizeWithPadOrCropd(keys, spatial_size=spatial_size, mode="constant"),
+        NormalizeIntensityd(image_key, nonzero=True, channel_wise=True),
+    ]
+    if with_seg:
+        transforms.append(WholeTumourMaskd(seg_key, mask_key))
+    return Compose(transforms)
+
+
+def augmentation_transforms(
+    image_key: str = "image",
+    label_keys: Sequence[str] = ("seg", "mask"),
+    *,
+    rotation_deg: float = 30.0,
+    prob_rotation: float = 0.2,
+    scale_range: tuple[float, float] = (0.7, 1.4),
+    prob_scale: float = 0.2,
+    noise_std: float = 0.1,
+    prob_noise: float = 0.15,
+    blur_sigma: tuple[float, float] = (0.5, 1.5),
+    prob_blur: float = 0.2,
+    prob_blur_per_channel: float = 0.5,
+    brightness_range: tuple[float, float] = (0.7, 1.3),
+    prob_brightness: float = 0.15,
+    contrast_range: tuple[float, float] = (0.65, 1.5),
+    prob_contrast: float = 0.15,
+    low_res_zoom: tuple[float, float] = (0.5, 1.0),
+    prob_low_res: float = 0.25,
+    prob_low_res_per_channel: float = 0.5,
+    gamma_range: tuple[float, float] = (0.7, 1.5),
+    prob_gamma: float = 0.15,
+    prob_flip: float = 0.5,
+) -> Compose:
+    """The eight training augmentations of paper App. C, nnU-Net's parameters as MProtoNet sets them.
+
+    Applied to every training case (either grade), in nnU-Net's order. Spatial operations move the
+    ``label_keys`` (if present) with the image, by nearest-neighbour interpolation; intensity operations act
+    on the image only. Defaults (``reference/umprotoshare_code.md`` §4):
+
+    1. rotation: ``RandRotated``, each axis U(-30°, 30°), p 0.2;
+       scaling: ``RandZoomd``, isotropic factor U(0.7, 1.4), p 0.2, same size kept (zero padding).
+       Drawn independently, as MProtoNet's OneOf (scale 0.16, rotation 0.16, both 0.04; total 0.36).
+    2. Gaussian noise: ``RandGaussianNoised``, std ~ U(0, 0.1), p 0.15 (all channels).
+    3. Gaussian blur: ``RandGaussianSmooth``, sigma ~ U(0.5, 1.5) per axis, p 0.2 per sample, then 0.5 per
+       channel, each channel its own sigma.
+    4. brightness: ``RandScaleIntensity``, x U(0.7, 1.3), p 0.15, a factor per channel.
+    5. contrast: ``RandScaleIntensityFixedMean``, x U(0.65, 1.5) about the channel mean, clipped to the
+       channel's original range, p 0.15, a factor per channel.
+    6. low resolution: ``RandSimulateLowResolution``, zoom U(0.5, 1) (down-sampling 1-2x, nearest) and back
+       (trilinear), p 0.25 per sample, then 0.5 per channel.
+    7. gamma: ``RandAdjustContrast``, gamma U(0.7, 1.5) with mean and std retained, p 0.15, per channel.
+    8. mirroring: ``RandFlipd`` on each of the three axes, p 0.5 each.
+
+    Args:
+        image_key: key of the (4, H, W, D) image.
+        label_keys: keys moved with the image by the spatial operations (nearest); missing ones are skipped.
+        rotation_deg, prob_rotation, scale_range, prob_scale, noise_std, prob_noise, blur_sigma, prob_blur,
+        prob_blur_per_channel, brightness_range, prob_brightness, contrast_range, prob_contrast, low_res_zoom,
+        prob_low_res, prob_low_res_per_channel, gamma_range, prob_gamma, prob_flip: the parameters above.
+
+    Returns:
+        A ``Compose`` of randomizable transforms (seed it with ``set_random_state``).
+    """
+    keys = [image_key, *label_keys]
+    nearest = ["nearest"] * len(label_keys)
+    angle = math.radians(rotation_deg)
+    sigma = tuple(blur_sigma)
+
+    def channelwise(transform, prob: float, prob_per_channel: float = 1.0) -> RandChannelwised:
+        return RandChannelwised(image_key, transform, prob=prob, prob_per_channel=prob_per_channel)
+
+    return Compose(
+        [
+            RandRotated(
+                keys,
+                range_x=angle,
+                range_y=angle,
+                range_z=angle,
+                prob=prob_rotation,
+                keep_size=True,
+                mode=["bilinear", *nearest],
+                padding_mode="zeros",
+                allow_missing_keys=True,
+            ),
+            RandZoomd(
+                keys,
+                prob=prob_scale,
+                min_zoom=scale_range[0],
+                max_zoom=scale_range[1],
+                mode=["trilinear", *nearest],
+                padding_mode="constant",
+                keep_size=True,
+                allow_missing_keys=True,
+            ),
+            RandGaussianNoised(image_key, prob=prob_noise, mean=0.0, std=noise_std, sample_std=True),
+            channelwise(RandGaussianSmooth(sigma, sigma, sigma, prob=1.0), prob_blur, prob_blur_per_channel),
+            channelwise(RandScaleIntensity(_factor_range(brightness_range), prob=1.0), prob_brightness),
+            channelwise(
+                RandScaleIntensityFixedMean(
+                    prob=1.0, factors=_factor_range(contrast_range), fixed_mean=True, preserve_range=True
+                ),
+                prob_contrast,
+            ),
+            channelwise(
+                RandSimulateLowResolution(prob=1.0, zoom_range=low_res_zoom, downsample_mode="nearest"),
+                prob_low_res,
+                prob_low_res_per_channel,
+            ),
+            channelwise(RandAdjustContrast(prob=1.0, gamma=gamma_range, retain_stats=True), prob_gamma),
+            *(RandFlipd(keys, prob=prob_flip, spatial_axis=axis, allow_missing_keys=True) for axis in range(3)),
+        ]
+    )
+
+
+def _factor_range(multiplier_range: tuple[float, float]) -> tuple[float, float]:
+    """MONAI scales by ``1 + factor``: a multiplier range (0.7, 1.3) is the factor range (-0.3, 0.3)."""
+    return (multiplier_range[0] - 1.0, multiplier_range[1] - 1.0)
+
+
+def train_transforms(
+    spatial_size: Sequence[int],
+    pixdim: float | Sequence[float],
+    augment: bool = True,
+    *,
+    with_seg: bool = False,
+    image_key: str = "image",
+    seg_key: str = "seg",
+    mask_key: str = "mask",
+) -> Compose:
+    """Preprocessing followed (with ``augment``) by :func:`augmentation_transforms` with its defaults.
+
+    ``with_seg`` is off by default: masks are never a training input (DESIGN §3).
+    """
+    pre = preprocessing_transforms(
+        spatial_size, pixdim, with_seg=with_seg, image_key=image_key, seg_key=seg_key, mask_key=mask_key
+    )
+    if not augment:
+        return pre
+    label_keys = (seg_key, mask_key) if with_seg else ()
+    return Compose([*pre.transforms, *augmentation_transforms(image_key, label_keys).transforms])
+
+
+def eval_transforms(
+    spatial_size: Sequence[int],
+    pixdim: float | Sequence[float],
+    with_seg: bool = True,
+    *,
+    image_key: str = "image",
+    seg_key: str = "seg",
+    mask_key: str = "mask",
+) -> Compose:
+    """Preprocessing for evaluation: the image, and with ``with_seg`` the segmentation and whole-tumour mask."""
+    return preprocessing_transforms(
+        spatial_size, pixdim, with_seg=with_seg, image_key=image_key, seg_key=seg_key, mask_key=mask_key
+    )
+
+
+def inference_transforms(
+    spatial_size: Sequence[int], pixdim: float | Sequence[float], *, image_key: str = "image"
+) -> Compose:
+    """Preprocessing of the image alone (no segmentation or label needed)."""
+    return preprocessing_transforms(spatial_size, pixdim, with_seg=False, image_key=image_key)
+
+
+def to_native_space(
+    volume: torch.Tensor | np.ndarray,
+    preprocessed_image: MetaTensor,
+    transform: Compose,
+    *,
+    mode: str = "linear",
+    image_key: str = "image",
+) -> MetaTensor:
+    """Take a map on the network grid back to the input's native space by inverting the preprocessing.
+
+    Args:
+        volume: map (C, H, W, D) on the grid of ``preprocessed_image`` (e.g. an attribution map or a mask).
+        preprocessed_image: the (4, H, W, D) image that ``transform`` produced; its ``applied_operations``
+            are replayed backwards.
+        transform: the very ``Compose`` (same object) that produced ``preprocessed_image``.
+        mode: ``"linear"`` (maps) or ``"nearest"`` (labels, masks) resampling.
+        image_key: key of the image in ``transform``.
+
+    Returns:
+        A MetaTensor (C, X, Y, Z) with the shape and affine of the original sequence files.
+
+    Raises:
+        ValueError: when ``volume`` is not 4-D with the spatial shape of ``preprocessed_image``, or when
+            ``preprocessed_image`` carries no applied operations.
+    """
+    mode = look_up_option(mode, _INTERPOLATION)
+    volume = torch.as_tensor(volume)
+    if volume.ndim != 4 or tuple(volume.shape[1:]) != tuple(preprocessed_image.shape[1:]):
+        raise ValueError(
+            f"volume must be (C, H, W, D) on the preprocessed grid {tuple(preprocessed_image.shape[1:])}, "
+            f"got shape {tuple(volume.shape)}."
+        )
+    if not isinstance(preprocessed_image, MetaTensor) or not preprocessed_image.applied_operations:
+        raise ValueError(
+            "preprocessed_image must be the MetaTensor produced by `transform` (with its applied_operations); "
+            f"got {type(preprocessed_image).__name__} without applied operations."
+        )
+    map_key = f"{image_key}_native_map"
+    invert = Invertd(map_key, transform=transform, orig_keys=image_key, nearest_interp=mode == "nearest")
+    data = {image_key: preprocessed_image, map_key: MetaTensor(volume.to(torch.float32).detach().cpu())}
+    return invert(data)[map_key]
