@@ -9,3 +9,7 @@ torch nor MONAI):
   ``train_transforms``, ``eval_transforms``, ``inference_transforms``, ``to_native_space``.
 * :mod:`monai_protoshare.data.splits`: ``make_folds``, ``fold_datalists``, ``write_fold_datalists``.
 """
+
+from .._lazy import submodule_getattr
+
+__getattr__ = submodule_getattr(__name__)

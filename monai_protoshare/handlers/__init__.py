@@ -4,6 +4,7 @@ from .checkpoint import TrainingCheckpointHandler
 from .epoch_reseed import EpochReseedHandler
 from .evaluation_report import EvaluationReportHandler
 from .metric_handlers import ActivationPrecision, BalancedAccuracy, ExpectedCalibrationError, IncrementalDeletion
+from .progress_bar import ProgressBar
 from .push import PrototypePushHandler, push_prototypes
 from .training_stage import TrainingStageHandler
 
@@ -14,6 +15,7 @@ __all__ = [
     "EvaluationReportHandler",
     "ExpectedCalibrationError",
     "IncrementalDeletion",
+    "ProgressBar",
     "PrototypePushHandler",
     "TrainingCheckpointHandler",
     "TrainingStageHandler",

@@ -55,26 +55,35 @@ class TrainingCheckpointHandler:
 
     Args:
         save_dir: checkpoint folder (fold-indexed by the bundle).
-        objects: name -> object with ``state_dict``/``load_state_dict``, e.g.
-            ``PrototypeTrainer.checkpoint_objects()``; must contain ``"network"`` and ``"trainer"``.
+        objects: name -> object with ``state_dict``/``load_state_dict``; must contain ``"network"`` and
+            ``"trainer"``. Default: the engine's ``checkpoint_objects()`` (a
+            :class:`~monai_protoshare.engines.PrototypeTrainer`), read at ``attach``.
         resume: load ``checkpoint.pt`` when it exists.
         rank: only rank 0 writes.
     """
 
-    def __init__(self, save_dir: str | os.PathLike, objects: dict[str, Any], resume: bool = True, rank: int = 0) -> None:
+    def __init__(
+        self, save_dir: str | os.PathLike, objects: dict[str, Any] | None = None, resume: bool = True, rank: int = 0
+    ) -> None:
+        self.save_dir = Path(save_dir)
+        self.objects = None if objects is None else self._with_rng(objects)
+        self.resume = resume
+        self.rank = rank
+
+    @staticmethod
+    def _with_rng(objects: dict[str, Any]) -> dict[str, Any]:
         for key in ("network", "trainer"):
             if key not in objects:
                 raise KeyError(f"checkpoint objects must include '{key}'; got {sorted(objects)}.")
-        self.save_dir = Path(save_dir)
-        self.objects = {**objects, "rng": RNGState()}
-        self.resume = resume
-        self.rank = rank
+        return {**objects, "rng": RNGState()}
 
     @property
     def checkpoint_path(self) -> Path:
         return self.save_dir / CHECKPOINT_NAME
 
     def attach(self, engine) -> None:
+        if self.objects is None:
+            self.objects = self._with_rng(engine.checkpoint_objects())
         engine.add_event_handler(Events.STARTED, self.load)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.save)
         engine.add_event_handler(Events.COMPLETED, self.save_model)

@@ -1,0 +1,316 @@
+"""Batch export of prototype evidence over a datalist (DESIGN §10, issue 7 item 5).
+
+For every case: preprocess, :func:`~monai_protoshare.explain.evidence.explain_cases`, then
+:func:`~monai_protoshare.explain.evidence_writer.write_case_evidence` into ``<output_dir>/<subject_id>/``
+(native space of the case's T1-CE file; a DICOM SEG too when the case was prepared by ``data_prep`` from a
+DICOM study). A tqdm bar shows progress. A case that fails is recorded and the batch goes on; the summary
+(``export_summary.json``, printed by the CLI) lists the failures at the end. Case folders appear complete or
+not at all, and a re-run skips the finished ones (``--overwrite`` redoes them).
+
+Once per export (only when some case is left to do): ``prototypes.json`` (every prototype's scale, index,
+class weights, push provenance and sharedness) and ``prototype_gallery.png`` (every prototype's source slice).
+Sharedness (App. G) is computed over a labelled reference set: the training cases of the fold with
+``--fold``, otherwise the exported cases.
+
+CLI (hyper-parameters come from the bundle's ``configs/train.yaml``, layered with ``configs/presets/<preset>.yaml``;
+explicit options win)::
+
+    # a trained fold of a bundle: <bundle_root>/outputs/fold0/checkpoints/model.pt -> .../fold0/evidence
+    python -m monai_protoshare.workflows.export_evidence --bundle_root bundles/um_protoshare --preset cpu_small \\
+        --fold 0 --dataset_dir /data/MICCAI_BraTS2020_TrainingData
+    # any checkpoint, any cases
+    python -m monai_protoshare.workflows.export_evidence --checkpoint model.pt --dataset_dir DIR \\
+        --output_dir OUT --preset paper --model_name um_protoshare --subjects BraTS20_Training_001
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+import yaml
+from monai.transforms import Compose
+from tqdm import tqdm
+
+from ..data.transforms import inference_transforms
+from ..explain.dicom_seg import SEG_NAME, read_series, series_label_volume, write_evidence_seg
+from ..explain.evidence import (
+    CLASS_NAMES,
+    collect_prototype_sources,
+    dataset_sharedness,
+    explain_cases,
+    prototype_catalogue,
+)
+from ..explain.evidence_writer import is_exported, write_case_evidence
+from ..explain.figures import prototype_gallery, save_figure
+from ..io import write_json
+from ..networks import PrototypeNetwork, build_network
+from .options import fold_split, load_datalist, load_network_weights
+
+__all__ = ["ExportSummary", "bundle_settings", "dicom_seg_writer", "export_evidence", "main"]
+
+logger = logging.getLogger(__name__)
+
+SUMMARY_NAME = "export_summary.json"
+CATALOGUE_NAME = "prototypes.json"
+GALLERY_NAME = "prototype_gallery.png"
+_T1CE = 1
+# Hyper-parameters read from the bundle configs (plain values there, no expressions).
+_BUNDLE_KEYS = ("model_name", "spatial_size", "pixdim", "encoder_layers", "encoder_widths", "embedding_dim",
+                "dataset_dir", "n_folds", "seed")  # fmt: skip
+
+
+@dataclass
+class ExportSummary:
+    """Outcome of :func:`export_evidence`.
+
+    Attributes:
+        output_dir: the export folder.
+        written: cases exported by this run.
+        skipped: cases already finished (not redone).
+        failed: subject id -> error message.
+        seconds: subject id -> wall time of its export.
+        evidence_mass_in_tumour: subject id -> fraction of the native class evidence inside seg > 0 (cases
+            with a segmentation).
+    """
+
+    output_dir: str
+    written: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    evidence_mass_in_tumour: dict[str, float] = field(default_factory=dict)
+
+    def table(self) -> str:
+        """A short text table for the command line."""
+        lines = [
+            f"evidence export -> {self.output_dir}",
+            f"  written {len(self.written)}, skipped (already done) {len(self.skipped)}, failed {len(self.failed)}",
+        ]
+        if self.seconds:
+            lines.append(f"  seconds per case: median {statistics.median(self.seconds.values()):.2f}")
+        masses = [v for v in self.evidence_mass_in_tumour.values() if np.isfinite(v)]
+        if masses:
+            lines.append(f"  evidence mass inside the tumour: mean {statistics.fmean(masses):.3f} over {len(masses)}")
+        lines += [f"  FAILED {subject}: {message}" for subject, message in self.failed.items()]
+        return "\n".join(lines)
+
+
+def dicom_seg_writer(t1ce_path: str | os.PathLike) -> Callable[[nib.Nifti1Image, Path], Path] | None:
+    """A ``dicom_seg`` callback for :func:`write_case_evidence` when the case came from a DICOM study.
+
+    Looks for the ``data_prep`` case record next to the T1-CE file; when its T1-CE source is DICOM, the callback
+    maps the label overlay back to the original T1-CE scan (``data_prep.native_space.map_to_original``) and
+    writes a DICOM SEG on the source instances. ``None`` for NIfTI cases or without ``data_prep``.
+    """
+    try:
+        from data_prep.brats_layout import case_record_path
+        from data_prep.native_space import load_case_record, map_to_original
+    except ImportError:
+        return None
+    folder = Path(t1ce_path).parent
+    record_path = case_record_path(folder.parent, folder.name)
+    if not record_path.is_file():
+        return None
+    record = load_case_record(record_path)
+    source = record["sequences"]["t1ce"]["source"]
+    if source.get("kind") != "dicom":
+        return None
+
+    def write(label_image: nib.Nifti1Image, folder: Path) -> Path:
+        original = map_to_original(label_image, record, sequence="t1ce", interpolation="nearest")
+        datasets = read_series(source["files"])
+        return write_evidence_seg(series_label_volume(original, datasets), datasets, folder / SEG_NAME)
+
+    return write
+
+
+def _tumour_mask(item: Mapping[str, Any]) -> np.ndarray | None:
+    seg = item.get("seg")
+    return None if not seg else np.asarray(nib.load(seg).dataobj) > 0
+
+
+def export_evidence(
+    network: PrototypeNetwork,
+    datalist: Sequence[Mapping[str, Any]],
+    transform: Compose,
+    output_dir: str | os.PathLike,
+    *,
+    top_k: int = 5,
+    reference: Sequence[Mapping[str, Any]] | None = None,
+    sources_datalist: Sequence[Mapping[str, Any]] | None = None,
+    figures: bool = True,
+    overwrite: bool = False,
+    class_names: Sequence[str] = CLASS_NAMES,
+    extra: Mapping[str, Any] | None = None,
+    progress: bool = True,
+) -> ExportSummary:
+    """Export the evidence of every case of ``datalist`` (module docstring).
+
+    Args:
+        network: the trained :class:`~monai_protoshare.networks.PrototypeNetwork`, on its device.
+        datalist: items with ``image`` (four paths [T1, T1-CE, T2, FLAIR]) and ``subject_id``; optional
+            ``label`` (recorded) and ``seg`` (adds the evidence mass inside the tumour).
+        transform: the image-only preprocessing (:func:`~monai_protoshare.data.transforms.inference_transforms`).
+        output_dir: the export folder.
+        top_k: top contributing prototypes whose maps are written.
+        reference: labelled cases for the sharedness (App. G); ``None`` skips it.
+        sources_datalist: where prototype source cases are found (default ``datalist``).
+        figures: write the case figures, gallery and prototype sources.
+        overwrite: redo finished cases.
+        class_names: class names in label order.
+        extra: entries added to every report (model, checkpoint ...).
+        progress: show a tqdm bar.
+
+    Returns:
+        The :class:`ExportSummary` (also written to ``<output_dir>/export_summary.json``).
+    """
+    output_dir = Path(output_dir)
+    summary = ExportSummary(str(output_dir))
+    todo = []
+    for item in datalist:
+        subject = str(item["subject_id"])
+        if not overwrite and is_exported(output_dir, subject):
+            summary.skipped.append(subject)
+        else:
+            todo.append(item)
+    if todo:
+        sharedness = dataset_sharedness(network, reference, transform) if reference else None
+        catalogue = prototype_catalogue(network, sharedness, class_names)
+        write_json(output_dir / CATALOGUE_NAME, asdict(catalogue))
+        sources = collect_prototype_sources(network, sources_datalist or datalist, transform) if figures else None
+        if figures and (overwrite or not (output_dir / GALLERY_NAME).is_file()):
+            save_figure(prototype_gallery(sources, catalogue), output_dir / GALLERY_NAME)
+        for item in tqdm(todo, desc="evidence export", disable=not progress):
+            subject = str(item["subject_id"])
+            start = time.perf_counter()
+            try:
+                data = transform(dict(item))
+                label = item.get("label")
+                [evidence] = explain_cases(
+                    network, data["image"].as_tensor()[None], [subject], None, top_k, sharedness, [label]
+                )
+                t1ce = item["image"][_T1CE]
+                mask = _tumour_mask(item)
+                report = write_case_evidence(
+                    evidence,
+                    catalogue,
+                    data["image"],
+                    transform,
+                    output_dir,
+                    t1ce,
+                    sources=sources,
+                    figure=figures,
+                    tumour_mask=mask,
+                    dicom_seg=dicom_seg_writer(t1ce),
+                    overwrite=overwrite,
+                    extra=extra,
+                )
+            except Exception as err:  # reported in the summary; never stops the batch
+                logger.error("evidence export of %s failed: %s: %s", subject, type(err).__name__, err)
+                summary.failed[subject] = f"{type(err).__name__}: {err}"
+                continue
+            summary.written.append(subject)
+            summary.seconds[subject] = time.perf_counter() - start
+            if "evidence_mass_in_tumour" in report:
+                summary.evidence_mass_in_tumour[subject] = report["evidence_mass_in_tumour"]
+    write_json(output_dir / SUMMARY_NAME, asdict(summary))
+    return summary
+
+
+# ------------------------------------------------------------------ command line
+def bundle_settings(bundle_root: Path, preset: str | None) -> dict[str, Any]:
+    """Plain hyper-parameters of ``configs/train.yaml`` layered with ``configs/presets/<preset>.yaml``."""
+    files = [bundle_root / "configs" / "train.yaml"]
+    if preset:
+        files.append(bundle_root / "configs" / "presets" / f"{preset}.yaml")
+    settings: dict[str, Any] = {}
+    for path in files:
+        if not path.is_file():
+            raise FileNotFoundError(f"bundle config {path} not found (check --bundle_root and --preset).")
+        config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        settings.update({k: config[k] for k in _BUNDLE_KEYS if k in config})
+    return settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m monai_protoshare.workflows.export_evidence",
+        description="Export prototype evidence (native-space NIfTI, report.json, figures, DICOM SEG) for a datalist.",
+    )
+    parser.add_argument("--bundle_root", default="bundles/um_protoshare", help="bundle whose configs give the model")
+    parser.add_argument("--preset", default=None, help="preset override file of the bundle: cpu_small or paper")
+    parser.add_argument("--fold", type=int, default=None, help="export the held-out cases of this fold")
+    parser.add_argument("--checkpoint", default=None, help="weights (default <bundle_root>/outputs/fold<k>/...)")
+    parser.add_argument("--dataset_dir", default=None, help="BraTS-layout folder (default: the bundle's)")
+    parser.add_argument(
+        "--output_dir", default=None, help="export folder (default <bundle_root>/outputs/fold<k>/evidence)"
+    )
+    parser.add_argument("--model_name", default=None, help="network name (default: the bundle's)")
+    parser.add_argument("--subjects", nargs="*", default=None, help="only these subject ids")
+    parser.add_argument("--top_k", type=int, default=5)
+    parser.add_argument("--no_sharedness", action="store_true", help="skip the sharedness reference pass")
+    parser.add_argument("--no_figures", action="store_true", help="no PNG figures")
+    parser.add_argument("--overwrite", action="store_true", help="redo finished cases")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line entry point; returns 0, or 1 when some case failed."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    bundle_root = Path(args.bundle_root)
+    settings = bundle_settings(bundle_root, args.preset)
+    fold_dir = bundle_root / "outputs" / f"fold{args.fold if args.fold is not None else 0}"
+    checkpoint = Path(args.checkpoint) if args.checkpoint else fold_dir / "checkpoints" / "model.pt"
+    output_dir = Path(args.output_dir) if args.output_dir else fold_dir / "evidence"
+    model_name = args.model_name or settings.get("model_name", "um_protoshare")
+    network = build_network(
+        model_name,
+        encoder_layers=settings.get("encoder_layers", (3, 8)),
+        encoder_widths=settings.get("encoder_widths", (64, 128)),
+        embedding_dim=settings.get("embedding_dim", 128),
+    )
+    load_network_weights(network, checkpoint, "--checkpoint")
+    network.to(args.device)
+    datalist = load_datalist(args.dataset_dir or settings.get("dataset_dir"))
+    cases, reference = datalist, datalist
+    if args.fold is not None:
+        reference, cases = fold_split(datalist, args.fold, settings.get("n_folds", 5), settings.get("seed", 0))
+    if args.subjects:
+        unknown = sorted(set(args.subjects) - {item["subject_id"] for item in datalist})
+        if unknown:
+            print(f"error: --subjects: not in the dataset: {unknown}", file=sys.stderr)
+            return 2
+        cases = [item for item in datalist if item["subject_id"] in set(args.subjects)]
+    transform = inference_transforms(settings.get("spatial_size", (128, 128, 96)), settings.get("pixdim", 1.5))
+    summary = export_evidence(
+        network,
+        cases,
+        transform,
+        output_dir,
+        top_k=args.top_k,
+        reference=None if args.no_sharedness else reference,
+        sources_datalist=datalist,
+        figures=not args.no_figures,
+        overwrite=args.overwrite,
+        extra={"model_name": model_name, "checkpoint": str(checkpoint)},
+    )
+    print(summary.table())
+    return 1 if summary.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""Bundle-facing helpers that turn bad options into one-line errors naming the option.
+
+The MONAI bundle CLI prints a long traceback for any exception raised while a config is evaluated. The
+functions here raise :class:`BundleOptionError`, a :class:`SystemExit`: MONAI's config machinery only
+catches :class:`Exception`, so the error reaches the command line as one message and exit status 2, and
+in-process callers (``ConfigWorkflow``, tests) can still catch it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..data.brats import BratsDatasetError, load_brats_datalist
+from ..data.splits import fold_datalists
+
+__all__ = ["BundleOptionError", "fold_split", "inference_datalist", "load_datalist", "load_network_weights"]
+
+logger = logging.getLogger(__name__)
+
+
+class BundleOptionError(SystemExit):
+    """A bad bundle option: ``str(err)`` is the one-line message, ``err.option`` the option's name."""
+
+    def __init__(self, option: str, message: str) -> None:
+        self.option = option
+        self.message = f"error: {option}: {message}"
+        super().__init__(self.message)
+        self.code = 2
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def load_datalist(dataset_dir: str | os.PathLike, skip_bad: bool = False) -> list[dict[str, Any]]:
+    """The BraTS datalist of ``dataset_dir`` (:func:`~monai_protoshare.data.brats.load_brats_datalist`).
+
+    Raises:
+        BundleOptionError: ``--dataset_dir`` missing, not a folder, empty or invalid (the reader's list of
+            problems follows the first line).
+    """
+    path = Path(str(dataset_dir)).expanduser()
+    if not path.exists():
+        raise BundleOptionError("--dataset_dir", f"'{path}' does not exist (expected a BraTS-2020 training folder).")
+    if not path.is_dir():
+        raise BundleOptionError("--dataset_dir", f"'{path}' is not a folder.")
+    if not any(path.iterdir()):
+        raise BundleOptionError("--dataset_dir", f"'{path}' is empty (expected BraTS20_Training_* folders and name_mapping.csv).")
+    try:
+        datalist = load_brats_datalist(path, skip_bad=skip_bad)
+    except (BratsDatasetError, FileNotFoundError, ValueError) as err:
+        raise BundleOptionError("--dataset_dir", str(err)) from None
+    if not datalist:
+        raise BundleOptionError("--dataset_dir", f"'{path}' holds no usable case.")
+    return datalist
+
+
+def fold_split(
+    datalist: list[dict[str, Any]], fold: int, n_folds: int = 5, seed: int = 0
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(training, held-out) cases of ``fold`` (:func:`~monai_protoshare.data.splits.fold_datalists`).
+
+    Raises:
+        BundleOptionError: ``--fold`` outside 0..n_folds-1 or not an integer.
+    """
+    if isinstance(fold, bool) or not isinstance(fold, int) or not 0 <= fold < n_folds:
+        raise BundleOptionError("--fold", f"must be an integer in 0..{n_folds - 1}; got {fold!r}.")
+    return fold_datalists(datalist, fold, n_splits=n_folds, seed=seed)
+
+
+def load_network_weights(network: nn.Module, path: str | os.PathLike, option: str = "--ckpt_path") -> nn.Module:
+    """Load a state dict (``model.pt``, or the ``network`` entry of a training checkpoint) into ``network``.
+
+    Loaded with ``weights_only=True``: a file cannot execute code.
+
+    Raises:
+        BundleOptionError: missing/unreadable file, or weights of another model or configuration.
+    """
+    path = Path(str(path))
+    if not path.is_file():
+        raise BundleOptionError(option, f"checkpoint '{path}' not found (train the fold first, or pass its path).")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated file, a pickle with code in it, not a torch file, ...
+        raise BundleOptionError(option, f"cannot load '{path}' as weights: {str(err).splitlines()[0]}") from None
+    if isinstance(state, dict) and "network" in state and isinstance(state["network"], dict):
+        state = state["network"]
+    if not isinstance(state, dict):
+        raise BundleOptionError(option, f"'{path}' does not hold a state dict.")
+    try:
+        network.load_state_dict(state)
+    except RuntimeError as err:
+        expected, got = set(network.state_dict()), set(state)
+        detail = (
+            f"{len(expected - got)} tensors missing, {len(got - expected)} unexpected"
+            if expected != got
+            else str(err).splitlines()[-1].strip()
+        )
+        raise BundleOptionError(
+            option, f"'{path}' holds weights of another model or configuration than '{type(network).__name__}' ({detail})."
+        ) from None
+    logger.info("loaded weights from %s", path)
+    return network
+
+
+SEQUENCE_SUFFIXES = ("t1", "t1ce", "t2", "flair")
+
+
+def inference_datalist(source: str | os.PathLike) -> list[dict[str, Any]]:
+    """Cases to predict: a MONAI datalist JSON (key ``testing``, else ``validation``, else ``training``) or a
+    folder of case folders ``<case>/<case>_{t1,t1ce,t2,flair}.nii[.gz]`` (the BraTS layout; labels and
+    segmentations are not needed).
+
+    Raises:
+        BundleOptionError: ``--dataset_dir`` missing or holding no complete case.
+    """
+    path = Path(str(source)).expanduser()
+    if path.is_file() and path.suffix == ".json":
+        import json
+
+        data = json.loads(path.read_text(encoding="utf-8"))
+        for key in ("testing", "validation", "training"):
+            if isinstance(data, dict) and key in data:
+                items = data[key]
+                break
+        else:
+            raise BundleOptionError("--dataset_dir", f"datalist '{path}' has no 'testing', 'validation' or 'training' list.")
+        base = path.parent
+        return [
+            {**item, "image": [str(base / p) if not os.path.isabs(p) else p for p in item["image"]],
+             "subject_id": item.get("subject_id", Path(item["image"][0]).parent.name)}
+            for item in items
+        ]  # fmt: skip
+    if not path.is_dir():
+        raise BundleOptionError("--dataset_dir", f"'{path}' is neither a folder of cases nor a datalist .json.")
+    cases = []
+    for folder in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files = {}
+        for suffix in SEQUENCE_SUFFIXES:
+            found = [f for ext in (".nii.gz", ".nii") for f in folder.glob(f"*_{suffix}{ext}")]
+            if found:
+                files[suffix] = str(found[0])
+        if len(files) == len(SEQUENCE_SUFFIXES):
+            cases.append({"image": [files[s] for s in SEQUENCE_SUFFIXES], "subject_id": folder.name})
+        elif files:
+            missing = sorted(set(SEQUENCE_SUFFIXES) - set(files))
+            logger.warning("skipping %s: no %s sequence file", folder, ", ".join(missing))
+    if not cases:
+        raise BundleOptionError(
+            "--dataset_dir", f"'{path}' holds no case folder with *_t1, *_t1ce, *_t2 and *_flair NIfTI files."
+        )
+    return cases
