@@ -13,7 +13,7 @@ from ignite.engine import Events
 from monai.engines import Trainer
 from monai.engines.utils import default_prepare_batch
 from monai.optimizers import WarmupCosineSchedule
-from monai.utils import CommonKeys
+from monai.utils import CommonKeys, look_up_option
 from torch import nn
 
 from ..losses import ClassifierStageLoss, LatentSpaceLoss
@@ -65,6 +65,10 @@ class PrototypeTrainer(Trainer):
         latent_loss, classifier_loss: stage losses (default: the paper's coefficients).
         warmup_lr, warmup_weight_decay, latent_lr, latent_weight_decay, lr_warmup_epochs,
         lr_warmup_multiplier, classifier_lr: optimiser settings of App. D.5.
+        classifier_inputs: stage-3 inputs: ``"augmented"`` (a frozen, eval-mode forward of the augmented
+            training batches every epoch, as MProtoNet trains its last layer) or ``"cached"`` (the
+            similarities of the un-augmented training fold that the push already computed: stage 3 becomes a
+            logistic regression on fixed inputs and costs no forward pass; :class:`SimilarityBatches`).
         seed: base seed of the per-epoch reseeding.
         push_output_dir: where the push writes its provenance JSON (optional).
         distributed: wrap the trained modules in DistributedDataParallel when a process group is initialised.
@@ -90,6 +94,7 @@ class PrototypeTrainer(Trainer):
         lr_warmup_epochs: int = 20,
         lr_warmup_multiplier: float = 0.05,
         classifier_lr: float = 1e-3,
+        classifier_inputs: str = "augmented",
         seed: int = 0,
         push_output_dir: str | None = None,
         distributed: bool = False,
@@ -138,6 +143,9 @@ class PrototypeTrainer(Trainer):
         self.latent_loss = latent_loss if latent_loss is not None else LatentSpaceLoss()
         self.classifier_loss = classifier_loss if classifier_loss is not None else ClassifierStageLoss()
         self.distributed = bool(distributed) and dist.is_available() and dist.is_initialized()
+        self.classifier_inputs = look_up_option(classifier_inputs, ("augmented", "cached"))
+        self.push_data_loader = push_data_loader
+        self.classifier_cache: tuple[torch.Tensor, torch.Tensor] | None = None
         self.state.stage = None
         self.state.lr = None
 
@@ -210,9 +218,13 @@ class PrototypeTrainer(Trainer):
         """
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
-        images, labels = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking)[:2]
-        labels = labels.long().view(-1)
         stage = engine.state.stage
+        if "similarities" in batchdata:  # stage 3 on cached similarities
+            images = None
+            labels = batchdata["label"].to(engine.state.device)
+        else:
+            images, labels = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking)[:2]
+        labels = labels.long().view(-1)
         optimizer = self.optimizer_for(stage)
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=engine.amp):
@@ -225,8 +237,11 @@ class PrototypeTrainer(Trainer):
                 logits = output.logits
                 terms = self.latent_loss(self.network, output, labels)
             else:
-                with torch.no_grad():
-                    similarities = self.network.explain(images, online_cam=False).similarities
+                if images is None:
+                    similarities = batchdata["similarities"].to(engine.state.device)
+                else:
+                    with torch.no_grad():
+                        similarities = self.network.explain(images, online_cam=False).similarities
                 logits = self.network.classifier(similarities.float())
                 terms = self.classifier_loss(self.network, logits, labels)
         terms["loss"].backward()

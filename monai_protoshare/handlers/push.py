@@ -15,7 +15,7 @@ from torch import nn
 
 from ..io import write_json
 
-__all__ = ["PrototypePushHandler", "PushResult", "map_mass_box", "push_prototypes"]
+__all__ = ["PrototypePushHandler", "PushResult", "map_mass_box", "push_prototypes", "similarity_pass"]
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +30,9 @@ class PushResult:
         boxes: (K_total, 6) voxel boxes (x0, y0, z0, x1, y1, z1; end exclusive) in network-input space.
         num_cases: cases seen (over all ranks).
         seconds: wall time of the pass.
+        similarities: (N, K_total) similarity of every case this rank saw to the NEW prototypes, and
+        labels: (N,) their classes: the inputs of stage 3 for un-augmented classifier training
+            (:class:`~monai_protoshare.engines.SimilarityBatches`), obtained without another pass.
     """
 
     similarity_before: torch.Tensor
@@ -37,6 +40,8 @@ class PushResult:
     boxes: torch.Tensor
     num_cases: int
     seconds: float
+    similarities: torch.Tensor
+    labels: torch.Tensor
 
 
 def map_mass_box(attention: torch.Tensor, input_size: tuple[int, ...], fraction: float = 0.5) -> torch.Tensor:
@@ -101,12 +106,15 @@ def push_prototypes(
     best_id = [""] * total
     identity = network.prototype_class_identity if network.ownership == "class_specific" else None
     num_cases = 0
+    all_descriptors, all_labels = [], []
     for batch in data_loader:
         images = batch[image_key].to(device)
         labels = torch.as_tensor(batch[label_key]).long().view(-1).to(device)
         ids = list(batch[id_key])
         num_cases += images.shape[0]
         out = network.explain(images, online_cam=False)
+        all_descriptors.append(torch.cat(out.descriptors, dim=1).float().cpu())  # (B, K_total, E)
+        all_labels.append(labels.cpu())
         for i, sl in enumerate(slices):
             descriptors = out.descriptors[i].float()  # (B, K_s, E)
             sims = F.cosine_similarity(descriptors, bank.vectors[i].unsqueeze(0).float(), dim=-1, eps=1e-8)
@@ -134,7 +142,26 @@ def push_prototypes(
     bank.source_similarity.copy_(best_sim.to(bank.source_similarity))
     bank.push_epoch.fill_(int(epoch))
     network.train(was_training)
-    return PushResult(best_sim.cpu(), best_id, best_box, num_cases, time.perf_counter() - start)
+    descriptors = torch.cat(all_descriptors)  # (N, K_total, E)
+    similarities = F.cosine_similarity(descriptors, best_desc.cpu().unsqueeze(0), dim=-1, eps=1e-8)
+    return PushResult(
+        best_sim.cpu(), best_id, best_box, num_cases, time.perf_counter() - start, similarities, torch.cat(all_labels)
+    )
+
+
+@torch.no_grad()
+def similarity_pass(
+    network: nn.Module, data_loader, device: torch.device | str, image_key: str = "image", label_key: str = "label"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Similarities (N, K_total) of every case to the current prototypes and labels (N,), BN in eval mode."""
+    was_training = network.training
+    network.eval()
+    similarities, labels = [], []
+    for batch in data_loader:
+        similarities.append(network.explain(batch[image_key].to(device), online_cam=False).similarities.float().cpu())
+        labels.append(torch.as_tensor(batch[label_key]).long().view(-1))
+    network.train(was_training)
+    return torch.cat(similarities), torch.cat(labels)
 
 
 def _gather_best(best_sim, best_desc, best_box, best_id, num_cases):
@@ -178,6 +205,7 @@ class PrototypePushHandler:
             return
         result = push_prototypes(engine.network, self.data_loader, engine.state.device, epoch=epoch)
         self.last_result = result
+        engine.classifier_cache = (result.similarities, result.labels)
         engine.state.push_seconds = result.seconds
         before = result.similarity_before
         logger.info(

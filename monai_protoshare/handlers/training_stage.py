@@ -10,6 +10,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..engines.schedule import Stage
+from ..engines.similarity_batches import SimilarityBatches
+from .push import similarity_pass
 
 __all__ = ["TRAINABLE_GROUPS", "TrainingStageHandler"]
 
@@ -43,7 +45,8 @@ class TrainingStageHandler:
     frozen decoder and gates, kept in eval mode (their BN statistics stay as warm-up left them); stage 3
     runs the whole network in eval mode (only the classifier learns). Under ``torch.distributed`` the
     trained module of each stage is wrapped once in DistributedDataParallel, after its trainable set is
-    fixed.
+    fixed. With ``classifier_inputs="cached"`` stage-3 epochs iterate over the similarities the push computed
+    (:class:`SimilarityBatches`; recomputed by one pass when a run resumes inside a stage-3 block).
     """
 
     def __init__(self) -> None:
@@ -80,5 +83,23 @@ class TrainingStageHandler:
                 self._wrapped[stage] = DistributedDataParallel(forward, device_ids=device_ids, find_unused_parameters=True)
             forward = self._wrapped[stage]
         engine.forward_module = forward
+        self._select_data(engine, stage)
         engine.state.lr = engine.optimizer_for(stage).param_groups[0]["lr"]
         engine.state.rank = dist.get_rank() if engine.distributed else 0
+
+    @staticmethod
+    def _select_data(engine, stage: Stage) -> None:
+        cached = isinstance(engine.state.dataloader, SimilarityBatches)
+        if stage == Stage.LATENT:
+            engine.classifier_cache = None  # the next push replaces the prototypes
+        if stage != Stage.CLASSIFIER or engine.classifier_inputs != "cached":
+            if cached:
+                engine.set_data(engine.data_loader)
+            return
+        if cached:
+            return
+        if engine.classifier_cache is None:  # resumed inside a stage-3 block
+            engine.classifier_cache = similarity_pass(engine.network, engine.push_data_loader, engine.state.device)
+        similarities, labels = engine.classifier_cache
+        batch_size = getattr(engine.data_loader, "batch_size", None) or 1
+        engine.set_data(SimilarityBatches(similarities, labels, batch_size, engine.state.epoch_length))

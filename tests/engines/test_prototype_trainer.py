@@ -12,28 +12,31 @@ from tests.toy_data import TINY_NET, ToyCases
 SCHEDULE = TrainingSchedule(warmup_epochs=1, latent_epochs=2, push_interval=1, classifier_epochs=1)
 
 
-def _trainer(ckpt_dir, stop_after=None, n=6):
+def _trainer(ckpt_dir, stop_after=None, n=6, classifier_inputs="augmented"):
     torch.manual_seed(123)  # a different init than the run being resumed would need is fine: it is overwritten
     net = build_network("um_protoshare", **TINY_NET)
     items = [ToyCases(n)[i] for i in range(n)]
     train = Dataset(items, transform=RandGaussianNoised("image", prob=0.5, std=0.1))
     loader = DataLoader(train, batch_size=2, shuffle=True, num_workers=0)
     push_loader = DataLoader(Dataset(items), batch_size=3)
-    trainer = PrototypeTrainer("cpu", net, loader, SCHEDULE, push_data_loader=push_loader, seed=7)
-    TrainingCheckpointHandler(ckpt_dir, trainer.checkpoint_objects()).attach(trainer)
+    trainer = PrototypeTrainer(
+        "cpu", net, loader, SCHEDULE, push_data_loader=push_loader, seed=7, classifier_inputs=classifier_inputs
+    )
+    TrainingCheckpointHandler(ckpt_dir).attach(trainer)
     if stop_after is not None:
         trainer.add_event_handler(Events.EPOCH_COMPLETED(once=stop_after), lambda e: e.terminate())
     return trainer
 
 
-@pytest.mark.parametrize("stop_after", [2, 3])  # mid stage 1; right after the first push
-def test_killed_run_resumes_to_the_same_weights(tmp_path, stop_after):
-    reference = _trainer(tmp_path / "reference")
+# stop mid stage 1, right after the first push (the next epoch is stage 3), and with cached stage-3 inputs
+@pytest.mark.parametrize("stop_after,inputs", [(2, "augmented"), (3, "augmented"), (3, "cached")])
+def test_killed_run_resumes_to_the_same_weights(tmp_path, stop_after, inputs):
+    reference = _trainer(tmp_path / "reference", classifier_inputs=inputs)
     reference.run()
-    interrupted = _trainer(tmp_path / "resumed", stop_after=stop_after)
+    interrupted = _trainer(tmp_path / "resumed", stop_after=stop_after, classifier_inputs=inputs)
     interrupted.run()
     assert interrupted.state.epoch == stop_after
-    resumed = _trainer(tmp_path / "resumed")
+    resumed = _trainer(tmp_path / "resumed", classifier_inputs=inputs)
     resumed.run()
     assert resumed.state.epoch == SCHEDULE.total_epochs
     expected = reference.network.state_dict()
@@ -74,3 +77,24 @@ def test_loss_falls_and_training_learns_the_toy_task():
     with torch.no_grad():
         predicted = net(data.images).argmax(1)
     assert (predicted == data.labels).float().mean() >= 0.9
+
+
+def test_cached_stage3_trains_the_classifier_without_a_forward_pass(tmp_path):
+    trainer = _trainer(tmp_path, classifier_inputs="cached")
+    network = trainer.network
+    calls = {"stage3": 0}
+    original = network.explain
+
+    def counting(*args, **kwargs):
+        if trainer.state.stage is not None and trainer.state.stage.value == "classifier":
+            calls["stage3"] += 1
+        return original(*args, **kwargs)
+
+    network.explain = counting
+    weights = []
+    trainer.add_event_handler(
+        Events.EPOCH_COMPLETED, lambda e: weights.append(network.classifier.weight.detach().clone())
+    )
+    trainer.run()
+    assert calls["stage3"] == 0
+    assert not torch.equal(weights[2], weights[1])  # epoch 3 (stage 3) changed the classifier
