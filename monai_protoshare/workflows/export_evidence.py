@@ -31,7 +31,7 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,7 @@ from monai.transforms import Compose
 from tqdm import tqdm
 
 from ..data.transforms import inference_transforms
-from ..explain.dicom_seg import SEG_NAME, read_series, series_label_volume, write_evidence_seg
+from ..explain.dicom_seg import data_prep_seg_writer
 from ..explain.evidence import (
     CLASS_NAMES,
     collect_prototype_sources,
@@ -58,7 +58,14 @@ from ..io import write_json
 from ..networks import PrototypeNetwork, build_network
 from .options import fold_split, load_datalist, load_network_weights
 
-__all__ = ["ExportSummary", "bundle_settings", "dicom_seg_writer", "export_evidence", "main"]
+__all__ = [
+    "ExportSummary",
+    "bundle_settings",
+    "cases_one_per_class_first",
+    "export_evidence",
+    "export_for_workflow",
+    "main",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -107,35 +114,6 @@ class ExportSummary:
         return "\n".join(lines)
 
 
-def dicom_seg_writer(t1ce_path: str | os.PathLike) -> Callable[[nib.Nifti1Image, Path], Path] | None:
-    """A ``dicom_seg`` callback for :func:`write_case_evidence` when the case came from a DICOM study.
-
-    Looks for the ``data_prep`` case record next to the T1-CE file; when its T1-CE source is DICOM, the callback
-    maps the label overlay back to the original T1-CE scan (``data_prep.native_space.map_to_original``) and
-    writes a DICOM SEG on the source instances. ``None`` for NIfTI cases or without ``data_prep``.
-    """
-    try:
-        from data_prep.brats_layout import case_record_path
-        from data_prep.native_space import load_case_record, map_to_original
-    except ImportError:
-        return None
-    folder = Path(t1ce_path).parent
-    record_path = case_record_path(folder.parent, folder.name)
-    if not record_path.is_file():
-        return None
-    record = load_case_record(record_path)
-    source = record["sequences"]["t1ce"]["source"]
-    if source.get("kind") != "dicom":
-        return None
-
-    def write(label_image: nib.Nifti1Image, folder: Path) -> Path:
-        original = map_to_original(label_image, record, sequence="t1ce", interpolation="nearest")
-        datasets = read_series(source["files"])
-        return write_evidence_seg(series_label_volume(original, datasets), datasets, folder / SEG_NAME)
-
-    return write
-
-
 def _tumour_mask(item: Mapping[str, Any]) -> np.ndarray | None:
     seg = item.get("seg")
     return None if not seg else np.asarray(nib.load(seg).dataobj) > 0
@@ -166,7 +144,7 @@ def export_evidence(
         output_dir: the export folder.
         top_k: top contributing prototypes whose maps are written.
         reference: labelled cases for the sharedness (App. G); ``None`` skips it.
-        sources_datalist: where prototype source cases are found (default ``datalist``).
+        sources_datalist: where prototype source cases are found (default ``datalist`` and ``reference``).
         figures: write the case figures, gallery and prototype sources.
         overwrite: redo finished cases.
         class_names: class names in label order.
@@ -189,7 +167,8 @@ def export_evidence(
         sharedness = dataset_sharedness(network, reference, transform) if reference else None
         catalogue = prototype_catalogue(network, sharedness, class_names)
         write_json(output_dir / CATALOGUE_NAME, asdict(catalogue))
-        sources = collect_prototype_sources(network, sources_datalist or datalist, transform) if figures else None
+        pool = sources_datalist or [*datalist, *(reference or [])]  # the push's training cases are the reference
+        sources = collect_prototype_sources(network, pool, transform) if figures else None
         if figures and (overwrite or not (output_dir / GALLERY_NAME).is_file()):
             save_figure(prototype_gallery(sources, catalogue), output_dir / GALLERY_NAME)
         for item in tqdm(todo, desc="evidence export", disable=not progress):
@@ -213,7 +192,7 @@ def export_evidence(
                     sources=sources,
                     figure=figures,
                     tumour_mask=mask,
-                    dicom_seg=dicom_seg_writer(t1ce),
+                    dicom_seg=data_prep_seg_writer(t1ce),
                     overwrite=overwrite,
                     extra=extra,
                 )
@@ -227,6 +206,47 @@ def export_evidence(
                 summary.evidence_mass_in_tumour[subject] = report["evidence_mass_in_tumour"]
     write_json(output_dir / SUMMARY_NAME, asdict(summary))
     return summary
+
+
+def cases_one_per_class_first(datalist: Sequence[Mapping[str, Any]], count: int) -> list[Mapping[str, Any]]:
+    """``count`` cases of ``datalist``: the first case of each class (in label order), then the others in order."""
+    firsts = {}
+    for item in datalist:
+        firsts.setdefault(int(item["label"]), item)
+    chosen = [firsts[label] for label in sorted(firsts)]
+    chosen += [item for item in datalist if not any(item is c for c in chosen)]
+    return chosen[: max(int(count), 0)]
+
+
+def export_for_workflow(
+    workflow, output_dir: str | os.PathLike, count: int = 2, top_k: int = 5, figures: bool = True
+) -> list[Path]:
+    """Evidence of ``count`` held-out cases of an initialised bundle ``ConfigWorkflow`` (train + evaluate configs),
+    one per grade first; sharedness over the fold's training cases, which are also the prototype sources.
+
+    Reads the workflow's ``network`` (weights loaded by its ``initialize``), ``split``, ``spatial_size``,
+    ``pixdim`` and ``model_name``.
+
+    Returns:
+        The case folders that hold evidence (written now or already there).
+    """
+    get = workflow.parser.get_parsed_content
+    train, held_out = get("split")
+    cases = cases_one_per_class_first(held_out, count)
+    summary = export_evidence(
+        get("network"),
+        cases,
+        inference_transforms(get("spatial_size"), get("pixdim")),
+        output_dir,
+        top_k=top_k,
+        reference=train,
+        sources_datalist=[*train, *held_out],
+        figures=figures,
+        extra={"model_name": get("model_name")},
+    )
+    if summary.failed:
+        logger.warning("evidence export failed for %s", summary.failed)
+    return [Path(output_dir) / s for s in (*summary.skipped, *summary.written)]
 
 
 # ------------------------------------------------------------------ command line
@@ -272,7 +292,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     bundle_root = Path(args.bundle_root)
-    settings = bundle_settings(bundle_root, args.preset)
+    try:
+        settings = bundle_settings(bundle_root, args.preset)
+    except FileNotFoundError as err:
+        print(f"error: --bundle_root/--preset: {err}", file=sys.stderr)
+        return 2
     fold_dir = bundle_root / "outputs" / f"fold{args.fold if args.fold is not None else 0}"
     checkpoint = Path(args.checkpoint) if args.checkpoint else fold_dir / "checkpoints" / "model.pt"
     output_dir = Path(args.output_dir) if args.output_dir else fold_dir / "evidence"

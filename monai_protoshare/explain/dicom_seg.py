@@ -1,0 +1,207 @@
+"""DICOM SEG of the evidence overlay, referencing the source DICOM series (DESIGN §10, issue 7 item 4).
+
+When a case came as DICOM, the radiologist's PACS viewer shows the evidence over the T1-CE series itself:
+:func:`series_label_volume` samples a label volume given in world coordinates (a NIfTI image on the T1-CE's
+original grid, e.g. the overlay mapped by ``data_prep.native_space.map_to_original``) on the grid of the
+source instances, and :func:`write_evidence_seg` writes a binary ``highdicom`` Segmentation whose frames
+reference those instances, in their frame of reference and series.
+
+Example:
+    >>> datasets = [pydicom.dcmread(p) for p in t1ce_files]
+    >>> labels = series_label_volume(nib.load("evidence_label.nii.gz"), datasets)  # (frames, rows, cols)
+    >>> write_evidence_seg(labels, datasets, "evidence_seg.dcm")
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import highdicom as hd
+import nibabel as nib
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+
+from .. import __version__
+from ..io import atomic_path
+
+__all__ = [
+    "SEG_NAME",
+    "data_prep_seg_writer",
+    "frame_index_to_lps",
+    "read_series",
+    "series_label_volume",
+    "write_evidence_seg",
+]
+
+SEG_NAME = "evidence_seg.dcm"
+# nibabel/NIfTI world coordinates are RAS; DICOM's are LPS.
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def read_series(files: Sequence[str | os.PathLike]) -> list[Dataset]:
+    """Read the DICOM files of one series (full datasets, pixel data included, as highdicom needs them).
+
+    Raises:
+        FileNotFoundError: a file is missing.
+        ValueError: the files belong to several series or none is given.
+    """
+    if not files:
+        raise ValueError("files must list the DICOM files of the source series; received none.")
+    datasets = []
+    for path in files:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"source DICOM file {path} not found.")
+        datasets.append(pydicom.dcmread(path))
+    series = {ds.SeriesInstanceUID for ds in datasets}
+    if len(series) != 1:
+        raise ValueError(f"files must belong to one series; received {len(series)} series: {sorted(series)}.")
+    return datasets
+
+
+def frame_index_to_lps(dataset: Dataset) -> np.ndarray:
+    """4x4 matrix from (column, row, 0, 1) pixel indices of one single-frame instance to LPS millimetres."""
+    orientation = np.asarray(dataset.ImageOrientationPatient, dtype=np.float64)
+    row_spacing, column_spacing = (float(v) for v in dataset.PixelSpacing)
+    along_row, along_column = orientation[:3], orientation[3:]
+    matrix = np.eye(4)
+    matrix[:3, 0] = along_row * column_spacing  # next column: one step along the row direction
+    matrix[:3, 1] = along_column * row_spacing
+    matrix[:3, 2] = np.cross(along_row, along_column)
+    matrix[:3, 3] = np.asarray(dataset.ImagePositionPatient, dtype=np.float64)
+    return matrix
+
+
+def series_label_volume(image: nib.Nifti1Image, datasets: Sequence[Dataset]) -> np.ndarray:
+    """Sample a label image (nearest neighbour, in world coordinates) on the pixels of each source instance.
+
+    Args:
+        image: 3-D label volume with a correct affine (voxels outside it read 0).
+        datasets: the single-frame instances of the source series, any order.
+
+    Returns:
+        (len(datasets), Rows, Columns) uint8; frame ``i`` lies on ``datasets[i]``.
+
+    Raises:
+        ValueError: when ``image`` is not 3-D or an instance has several frames.
+    """
+    labels = np.asarray(image.dataobj)
+    if labels.ndim != 3:
+        raise ValueError(f"image must be a 3-D label volume; received shape {labels.shape}.")
+    world_to_voxel = np.linalg.inv(image.affine) @ _LPS_TO_RAS
+    frames = []
+    for ds in datasets:
+        if int(getattr(ds, "NumberOfFrames", 1)) != 1:
+            raise ValueError(f"instance {ds.SOPInstanceUID}: only single-frame source images are supported.")
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        col, row = np.meshgrid(np.arange(columns), np.arange(rows))  # (rows, columns)
+        pixels = np.stack([col.ravel(), row.ravel(), np.zeros(col.size), np.ones(col.size)])
+        voxels = np.rint((world_to_voxel @ frame_index_to_lps(ds) @ pixels)[:3]).astype(np.int64)
+        inside = np.all((voxels >= 0) & (voxels < np.asarray(labels.shape)[:, None]), axis=0)
+        values = np.zeros(col.size, dtype=np.uint8)
+        values[inside] = labels[voxels[0, inside], voxels[1, inside], voxels[2, inside]] > 0
+        frames.append(values.reshape(rows, columns))
+    return np.stack(frames)
+
+
+def write_evidence_seg(
+    labels: np.ndarray,
+    source_datasets: Sequence[Dataset],
+    path: str | os.PathLike,
+    *,
+    segment_label: str = "Prototype evidence",
+    series_number: int = 9001,
+    series_description: str = "UM-ProtoShare evidence",
+    algorithm_name: str = "UM-ProtoShare",
+) -> Path:
+    """Write a binary DICOM Segmentation of ``labels`` referencing ``source_datasets`` (atomically).
+
+    The SEG inherits the study, patient and frame of reference of the source series and references each source
+    instance from its frames; viewers show it over the source series with no registration.
+
+    Args:
+        labels: (len(source_datasets), Rows, Columns), non-zero = evidence; frame ``i`` lies on
+            ``source_datasets[i]`` (:func:`series_label_volume` gives this layout).
+        source_datasets: the single-frame instances of the source series (the T1-CE).
+        path: output file.
+        segment_label: the segment's label.
+        series_number, series_description: of the new SEG series.
+        algorithm_name: recorded in the segment's algorithm identification.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ValueError: when ``labels`` does not have one frame per source instance of their size.
+    """
+    labels = np.asarray(labels)
+    expected = (len(source_datasets), int(source_datasets[0].Rows), int(source_datasets[0].Columns))
+    if labels.shape != expected:
+        raise ValueError(f"labels must be (frames, rows, columns) = {expected}; received {labels.shape}.")
+    segment = hd.seg.SegmentDescription(
+        segment_number=1,
+        segment_label=segment_label,
+        segmented_property_category=codes.SCT.SpatialAndRelationalConcept,
+        segmented_property_type=codes.DCM.Saliency,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=hd.AlgorithmIdentificationSequence(
+            name=algorithm_name, family=codes.cid7162.ArtificialIntelligence, version=__version__
+        ),
+    )
+    seg = hd.seg.Segmentation(
+        source_images=list(source_datasets),
+        pixel_array=(labels > 0).astype(np.uint8),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[segment],
+        series_instance_uid=hd.UID(),
+        series_number=int(series_number),
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="monai_protoshare",
+        manufacturer_model_name=algorithm_name,
+        software_versions=__version__,
+        device_serial_number="0",
+        series_description=series_description,
+        # an empty overlay still gives a valid SEG (all frames kept) rather than an error
+        omit_empty_frames=bool(labels.any()),
+    )
+    with atomic_path(path) as tmp:
+        seg.save_as(tmp)
+    return Path(path)
+
+
+def data_prep_seg_writer(case_file: str | os.PathLike) -> Callable[[nib.Nifti1Image, Path], Path] | None:
+    """A ``dicom_seg`` callback for :func:`~monai_protoshare.explain.evidence_writer.write_case_evidence` when the
+    case was prepared by ``data_prep`` from a DICOM study.
+
+    Looks for the ``data_prep`` case record in the folder of ``case_file`` (any of the case's sequence files).
+    When its T1-CE came from DICOM, the callback maps the label overlay (on the model-input grid, SRI24 space)
+    to the original T1-CE scan (``data_prep.native_space.map_to_original``, nearest neighbour), samples it on
+    the source instances and writes ``evidence_seg.dcm`` into the given folder.
+
+    Returns:
+        The callback, or ``None`` for NIfTI cases, cases without a record, or without ``data_prep`` installed.
+    """
+    try:  # data_prep is an optional sibling package (it imports this package, not the other way round)
+        from data_prep.brats_layout import case_record_path
+        from data_prep.native_space import load_case_record, map_to_original
+    except ImportError:
+        return None
+    folder = Path(case_file).parent
+    record_path = case_record_path(folder.parent, folder.name)
+    if not record_path.is_file():
+        return None
+    record = load_case_record(record_path)
+    source = record["sequences"]["t1ce"]["source"]
+    if source.get("kind") != "dicom":
+        return None
+
+    def write(label_image: nib.Nifti1Image, out_dir: Path) -> Path:
+        original = map_to_original(label_image, record, sequence="t1ce", interpolation="nearest")
+        datasets = read_series(source["files"])
+        return write_evidence_seg(series_label_volume(original, datasets), datasets, Path(out_dir) / SEG_NAME)
+
+    return write
