@@ -65,6 +65,8 @@ logger = logging.getLogger(__name__)
 SEQUENCES = ("t1", "t1ce", "t2", "flair")
 #: Grade -> class label (DESIGN §3).
 GRADE_LABELS = {"LGG": 0, "HGG": 1}
+#: Grades read as "unknown" when ``labelled=False`` (BraTS' own missing-value marker is NA).
+UNKNOWN_GRADES = ("NA", "")
 #: Labels of a BraTS segmentation: 0 background, 1 necrotic/non-enhancing core, 2 oedema, 4 enhancing.
 SEG_LABELS = (0, 1, 2, 4)
 #: Name of the release's subject table.
@@ -166,7 +168,12 @@ def find_dataset_root(root: str | os.PathLike) -> Path:
 
 
 def load_brats_datalist(
-    root: str | os.PathLike, *, skip_bad: bool = False, cache: bool = True, workers: int | None = None
+    root: str | os.PathLike,
+    *,
+    skip_bad: bool = False,
+    cache: bool = True,
+    workers: int | None = None,
+    labelled: bool = True,
 ) -> list[dict[str, Any]]:
     """Validate a BraTS-2020 training folder and return its MONAI datalist in ``name_mapping.csv`` row order.
 
@@ -177,6 +184,9 @@ def load_brats_datalist(
             Problems of the csv itself always raise.
         cache: read and update the validation cache (see the module docstring).
         workers: threads reading voxel data; default ``min(8, cpu_count)``.
+        labelled: require a grade and a segmentation for every case (training and evaluation). With
+            ``False`` (clinical cases from ``data_prep``, inference) a grade ``NA`` gives ``label`` None and a
+            missing segmentation gives ``seg`` None; every other check still applies.
 
     Returns:
         One dict per subject: ``image`` (four absolute paths, T1, T1-CE, T2, FLAIR), ``seg`` (absolute path),
@@ -193,7 +203,7 @@ def load_brats_datalist(
         raise BratsDatasetError(
             data_root, table_problems, f"Fix {NAME_MAPPING}: it needs columns {', '.join(_COLUMNS)}."
         )
-    problems = _check_rows(cases) + _find_files(data_root, cases)
+    problems = _check_rows(cases, labelled) + _find_files(data_root, cases, labelled)
     problems += _orphan_folders(data_root, {c.subject for c in cases})
     cache_data = _load_cache(data_root) if cache else {}
     infos, header_problems, to_read = _read_headers(data_root, cases, cache_data, workers)
@@ -224,7 +234,7 @@ def load_brats_datalist(
     return [
         {
             "image": [str(c.files[s]) for s in SEQUENCES],
-            "seg": str(c.files["seg"]),
+            "seg": str(c.files["seg"]) if "seg" in c.files else None,
             "label": c.label,
             "subject_id": c.subject,
         }
@@ -263,11 +273,11 @@ def _read_table(path: Path) -> tuple[list[_Case], list[BratsProblem]]:
     return cases, problems
 
 
-def _check_rows(cases: list[_Case]) -> list[BratsProblem]:
-    """Unknown grades and duplicate ids."""
+def _check_rows(cases: list[_Case], labelled: bool = True) -> list[BratsProblem]:
+    """Unknown grades (unless ``labelled`` is off and the grade is NA or empty) and duplicate ids."""
     problems, first_line = [], {}
     for case in cases:
-        if case.label is None:
+        if case.label is None and (labelled or case.grade.upper() not in UNKNOWN_GRADES):
             problem = f"line {case.row}: unknown grade {case.grade!r}; expected one of {', '.join(GRADE_LABELS)}"
             problems.append(BratsProblem(case.subject, NAME_MAPPING, problem))
         if case.subject in first_line:
@@ -277,7 +287,7 @@ def _check_rows(cases: list[_Case]) -> list[BratsProblem]:
     return problems
 
 
-def _find_files(data_root: Path, cases: list[_Case]) -> list[BratsProblem]:
+def _find_files(data_root: Path, cases: list[_Case], labelled: bool = True) -> list[BratsProblem]:
     """Locate each case's five files (``.nii.gz`` or ``.nii``; the seg may have another name), filling ``files``."""
     problems = []
     for case in cases:
@@ -302,6 +312,8 @@ def _find_files(data_root: Path, cases: list[_Case]) -> list[BratsProblem]:
                     problems.append(BratsProblem(case.subject, f"{case.subject}_seg.nii.gz", f"ambiguous: {names}"))
                     continue
                 path = found[0] if found else None
+            if path is None and kind == "seg" and not labelled:
+                continue
             if path is None:
                 problems.append(
                     BratsProblem(case.subject, f"{case.subject}_{kind}.nii.gz", "missing file (.nii.gz or .nii)")

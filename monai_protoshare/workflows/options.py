@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data.brats import BratsDatasetError, load_brats_datalist
+from ..data.brats import NAME_MAPPING, BratsDatasetError, load_brats_datalist
 from ..data.splits import fold_datalists
 
 __all__ = ["BundleOptionError", "fold_split", "inference_datalist", "load_datalist", "load_network_weights"]
@@ -112,9 +112,9 @@ SEQUENCE_SUFFIXES = ("t1", "t1ce", "t2", "flair")
 
 
 def inference_datalist(source: str | os.PathLike) -> list[dict[str, Any]]:
-    """Cases to predict: a MONAI datalist JSON (key ``testing``, else ``validation``, else ``training``) or a
-    folder of case folders ``<case>/<case>_{t1,t1ce,t2,flair}.nii[.gz]`` (the BraTS layout; labels and
-    segmentations are not needed).
+    """Cases to predict: a MONAI datalist JSON (key ``testing``, else ``validation``, else ``training``), a
+    BraTS-layout folder with ``name_mapping.csv`` (validated; grades and segmentations optional, e.g. the
+    output of ``data_prep``), or any folder of case folders ``<case>/<case>_{t1,t1ce,t2,flair}.nii[.gz]``.
 
     Raises:
         BundleOptionError: ``--dataset_dir`` missing or holding no complete case.
@@ -138,6 +138,12 @@ def inference_datalist(source: str | os.PathLike) -> list[dict[str, Any]]:
         ]  # fmt: skip
     if not path.is_dir():
         raise BundleOptionError("--dataset_dir", f"'{path}' is neither a folder of cases nor a datalist .json.")
+    if (path / NAME_MAPPING).is_file():  # BraTS layout (also data_prep's output): validated, labels optional
+        try:
+            items = load_brats_datalist(path, labelled=False)
+        except (BratsDatasetError, FileNotFoundError) as err:
+            raise BundleOptionError("--dataset_dir", str(err)) from None
+        return [{k: v for k, v in item.items() if v is not None} for item in items]
     cases = []
     for folder in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
         files = {}

@@ -1,0 +1,146 @@
+"""Every bundle has the zoo files, valid metadata, the workflow properties, and configs that agree."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+from monai.bundle import ConfigParser, ConfigWorkflow
+
+from monai_protoshare.networks import CNNClassifier, PrototypeNetwork
+from tests.bundles.conftest import BUNDLES, BUNDLES_DIR
+
+REQUIRED = [
+    "LICENSE",
+    "docs/README.md",
+    "configs/metadata.json",
+    "configs/train.yaml",
+    "configs/evaluate.yaml",
+    "configs/inference.yaml",
+    "configs/multi_gpu_train.yaml",
+    "configs/logging.conf",
+    "configs/presets/paper.yaml",
+    "configs/presets/cpu_small.yaml",
+]
+SCHEMA = BUNDLES_DIR / "schema" / "meta_schema.json"
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_bundle_has_the_zoo_layout(bundle):
+    missing = [f for f in REQUIRED if not (BUNDLES_DIR / bundle / f).is_file()]
+    assert not missing
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_metadata_is_valid_offline_and_declares_image_and_pred(bundle):
+    meta_file = BUNDLES_DIR / bundle / "configs" / "metadata.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", str(meta_file), "--filepath", str(SCHEMA)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    meta = json.loads(meta_file.read_text())
+    assert meta["version"] in meta["changelog"]
+    image, pred = meta["network_data_format"]["inputs"]["image"], meta["network_data_format"]["outputs"]["pred"]
+    assert image["num_channels"] == 4 and list(image["channel_def"].values()) == ["T1", "T1ce", "T2", "FLAIR"]
+    assert pred["type"] == "probabilities" and pred["channel_def"] == {"0": "LGG", "1": "HGG"}
+
+
+def test_metadata_schema_rejects_a_missing_field(tmp_path):
+    meta = json.loads((BUNDLES_DIR / "um_protoshare" / "configs" / "metadata.json").read_text())
+    del meta["network_data_format"]
+    bad = tmp_path / "metadata.json"
+    bad.write_text(json.dumps(meta))
+    result = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", str(bad), "--filepath", str(SCHEMA)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode != 0
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+@pytest.mark.parametrize("workflow_type,configs", [("train", ["train.yaml"]), ("infer", ["inference.yaml"])])
+def test_check_properties_is_empty(bundle, workflow_type, configs):
+    root = BUNDLES_DIR / bundle
+    workflow = ConfigWorkflow(
+        config_file=[str(root / "configs" / c) for c in configs],
+        meta_file=str(root / "configs" / "metadata.json"),
+        logging_file=str(root / "configs" / "logging.conf"),
+        workflow_type=workflow_type,
+        bundle_root=str(root),
+    )
+    assert workflow.check_properties() == []
+
+
+def _network(bundle, *extra):
+    parser = ConfigParser()
+    root = BUNDLES_DIR / bundle / "configs"
+    parser.read_config([str(root / "train.yaml")] + [str(root / e) for e in extra])
+    parser["encoder_layers"] = [1] if bundle == "maprotonet" else [1, 1]
+    parser["encoder_widths"] = [4] if bundle == "maprotonet" else [4, 8]
+    parser["embedding_dim"] = 8
+    return parser.get_parsed_content("network_def")
+
+
+@pytest.mark.parametrize(
+    "ablation,scales,per_scale,ownership,fusion",
+    [
+        ("A1", (3,), (30,), "class_specific", "none"),
+        ("A2", (3,), (30,), "shared", "none"),
+        ("B", (1, 2, 3), (10, 10, 10), "shared", "none"),
+        ("C", (1, 2, 3), (10, 10, 10), "shared", "concat"),
+        ("D", (1, 2, 3), (10, 10, 10), "shared", "gated"),
+        ("E1", (1, 2, 3), (15, 9, 6), "shared", "gated"),
+        ("E3", (1, 2, 3), (6, 9, 15), "shared", "gated"),
+    ],
+)
+def test_ablation_overrides_build_the_intended_network(ablation, scales, per_scale, ownership, fusion):
+    net = _network("um_protoshare", f"ablations/{ablation}.yaml")
+    assert isinstance(net, PrototypeNetwork)
+    assert (net.scales, net.prototypes_per_scale, net.ownership, net.backbone.fusion, net.mapping) == (
+        scales,
+        per_scale,
+        ownership,
+        fusion,
+        "l1_soft",
+    )
+
+
+def test_default_bundle_is_e2_and_baselines_are_their_models():
+    e2 = _network("um_protoshare")
+    assert e2.prototypes_per_scale == (9, 15, 6) and e2.backbone.fusion == "gated"
+    assert isinstance(_network("cnn"), CNNClassifier)
+    assert _network("protopnet").mapping == "none"
+    assert _network("xprotonet").mapping == "plain"
+    assert _network("mprotonet").mapping == "minmax_soft" and _network("mprotonet").online_cam
+    maprotonet = _network("maprotonet")
+    assert maprotonet.feature_fusions is not None and maprotonet.scales == (2,)
+
+
+def _keys(config, prefix=""):
+    """Flattened ``id -> value`` of a config's structure (for drift checks between bundles)."""
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(_keys(value, f"{prefix}{key}#"))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+MODEL_SPECIFIC = {"model_name", "encoder_layers", "encoder_widths", "latent_epochs", "train#trainer#push_data_loader",
+                  "validate#attribution_method"}  # fmt: skip
+
+
+@pytest.mark.parametrize("bundle", [b for b in BUNDLES if b != "um_protoshare"])
+@pytest.mark.parametrize("config", ["train.yaml", "evaluate.yaml", "inference.yaml", "multi_gpu_train.yaml"])
+def test_bundle_configs_do_not_drift_from_um_protoshare(bundle, config):
+    reference = _keys(yaml.safe_load((BUNDLES_DIR / "um_protoshare" / "configs" / config).read_text()))
+    other = _keys(yaml.safe_load((BUNDLES_DIR / bundle / "configs" / config).read_text()))
+    differing = {k for k in set(reference) | set(other) if reference.get(k) != other.get(k)}
+    assert differing <= MODEL_SPECIFIC, sorted(differing - MODEL_SPECIFIC)
