@@ -1,0 +1,155 @@
+"""Truncated 3D ResNet encoder and MAProtoNet's quadruplet attention (App. A.1, Fig. 3; peers.md §3)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from monai.networks.nets.resnet import ResNetBottleneck
+from network_cases import tiny_input
+from torch import nn
+
+from monai_protoshare.networks import QuadrupletAttention, ResNetEncoder
+from monai_protoshare.networks.encoder import AttentiveBottleneck
+from monai_protoshare.networks.quadruplet_attention import AttentionGate
+
+
+def test_cpu_small_encoder_scales():
+    enc = ResNetEncoder(layers=(1, 1), widths=(16, 32))
+    with torch.no_grad():
+        feats = enc(torch.randn(2, 4, 64, 64, 48))
+    assert [tuple(f.shape) for f in feats] == [(2, 16, 32, 32, 24), (2, 64, 16, 16, 12), (2, 128, 8, 8, 6)]
+    assert enc.out_channels == (16, 64, 128) and enc.strides == (2, 4, 8) and enc.num_scales == 3
+
+
+def test_paper_encoder_is_resnet152_cut_after_layer2():
+    """Stem + 3 + 8 bottlenecks, 5,224,064 parameters (peers.md §10 'ref'), torchvision v1.5 layout."""
+    with torch.device("meta"):
+        enc = ResNetEncoder()
+        feats = enc(torch.empty(1, 4, 128, 128, 96))
+    assert [tuple(f.shape) for f in feats] == [(1, 64, 64, 64, 48), (1, 256, 32, 32, 24), (1, 512, 16, 16, 12)]
+    assert (len(enc.layer1), len(enc.layer2)) == (3, 8)
+    assert sum(p.numel() for p in enc.parameters()) == 5_224_064
+    assert tuple(enc.conv1.weight.shape) == (64, 4, 7, 7, 7) and enc.conv1.stride == (2, 2, 2)
+    # v1.5: the stride sits on the 3x3x3 conv; the shortcut is a strided 1x1x1 conv + BN
+    assert enc.layer2[0].conv2.stride == (2, 2, 2) and enc.layer2[0].conv1.stride == (1, 1, 1)
+    assert isinstance(enc.layer2[0].downsample[1], nn.BatchNorm3d) and enc.layer2[0].downsample[0].stride == (2, 2, 2)
+    assert all(isinstance(b, ResNetBottleneck) and not isinstance(b, AttentiveBottleneck) for b in enc.layer2)
+
+
+def test_single_stage_encoder_returns_two_scales():
+    enc = ResNetEncoder(layers=(1,), widths=(16,), attention="quadruplet")
+    with torch.no_grad():
+        feats = enc(tiny_input())
+    assert [tuple(f.shape) for f in feats] == [(2, 16, 16, 16, 12), (2, 64, 8, 8, 6)]
+    assert enc.strides == (2, 4) and not hasattr(enc, "layer2")
+    assert isinstance(enc.layer1[0], AttentiveBottleneck)
+
+
+def test_encoder_scales_are_the_stem_and_the_stage_outputs():
+    enc = ResNetEncoder(layers=(1, 1), widths=(16, 32)).eval()
+    x = tiny_input()
+    with torch.no_grad():
+        s1, s2, s3 = enc(x)
+        torch.testing.assert_close(s1, torch.relu(enc.bn1(enc.conv1(x))))
+        torch.testing.assert_close(s2, enc.layer1(enc.maxpool(s1)))
+        torch.testing.assert_close(s3, enc.layer2(s2))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"layers": (1, 1, 1), "widths": (16, 32, 64)}, "1 or 2 positive integers"),
+        ({"layers": (1, 1), "widths": (16,)}, "of equal length"),
+        ({"layers": (0, 1), "widths": (16, 32)}, r"got layers=\(0, 1\)"),
+        ({"attention": "triplet"}, "'triplet'"),
+    ],
+)
+def test_encoder_configuration_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ResNetEncoder(**kwargs)
+
+
+# ---------------------------------------------------------------- MAProtoNet's attentive bottleneck
+
+
+def test_attentive_bottleneck_applies_attention_after_bn3_before_the_residual_sum():
+    torch.manual_seed(0)
+    attentive = AttentiveBottleneck(64, 16).eval()
+    with torch.no_grad():  # an affine (not linear) bn3, so scaling before and after it differ
+        attentive.bn3.running_mean.normal_()
+        attentive.bn3.bias.normal_()
+    plain = ResNetBottleneck(64, 16).eval()
+    plain.load_state_dict({k: v for k, v in attentive.state_dict().items() if not k.startswith("attention.")})
+    x = torch.randn(1, 64, 6, 6, 4)
+    with torch.no_grad():
+        attentive.attention = nn.Identity()
+        torch.testing.assert_close(attentive(x), plain(x))
+        attentive.attention = _Double()
+        h = torch.relu(plain.bn2(plain.conv2(torch.relu(plain.bn1(plain.conv1(x))))))
+        torch.testing.assert_close(attentive(x), torch.relu(2 * plain.bn3(plain.conv3(h)) + x))
+
+
+class _Double(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 2 * x
+
+
+def _set_gate(gate: AttentionGate, weight: float, bias: float) -> None:
+    """Eval-mode BN as the affine map t -> weight * t + bias."""
+    gate.bn.running_mean.zero_()
+    gate.bn.running_var.fill_(1.0 - gate.bn.eps)
+    with torch.no_grad():
+        gate.bn.weight.fill_(weight)
+        gate.bn.bias.fill_(bias)
+
+
+def test_attention_gate_formula():
+    """G(t) = t * sigmoid(BN(conv([max over dim 1, mean over dim 1])))."""
+    torch.manual_seed(0)
+    gate = AttentionGate(kernel_size=3).eval()
+    _set_gate(gate, 2.0, -0.5)
+    t = torch.randn(2, 5, 4, 4, 3)
+    pooled = torch.stack([t.max(dim=1).values, t.mean(dim=1)], dim=1)
+    expected = t * torch.sigmoid(2.0 * torch.nn.functional.conv3d(pooled, gate.conv.weight, padding=1) - 0.5)
+    with torch.no_grad():
+        torch.testing.assert_close(gate(t), expected)
+
+
+def test_spatial_gate_starts_at_zero_scale():
+    """MAProtoNet zero-initialises the BN scale of its plain spatial (HWD) gate only (peers.md §3)."""
+    att = QuadrupletAttention()
+    assert torch.equal(att.spatial_gate.bn.weight, torch.zeros(1))
+    assert all(torch.equal(g.bn.weight, torch.ones(1)) for g in att.axis_gates)
+    assert att.spatial_gate.bn.momentum == 0.01 and att.spatial_gate.conv.kernel_size == (7, 7, 7)
+
+
+@pytest.mark.parametrize("branch", [0, 1, 2, 3])
+def test_each_quadruplet_branch_pools_over_its_own_axis(branch):
+    """Branches pool over H, W, D (the axis gates) and C (the spatial gate); the output is their mean.
+
+    Silencing three gates (sigmoid(-100) ~ 0) isolates one: 4 * out / x is its gate, constant along the
+    pooled axis and varying along the others.
+    """
+    torch.manual_seed(branch)
+    att = QuadrupletAttention(kernel_size=3).eval()
+    gates = [*att.axis_gates, att.spatial_gate]
+    for i, g in enumerate(gates):
+        _set_gate(g, 1.0, 0.0 if i == branch else -100.0)
+    x = torch.rand(1, 4, 5, 6, 7) + 0.5
+    with torch.no_grad():
+        ratio = 4 * att(x) / x  # the isolated gate's sigmoid, (1, C, H, W, D)
+    pooled_axis = {0: 2, 1: 3, 2: 4, 3: 1}[branch]
+    assert ratio.min() > 0 and ratio.max() < 1
+    torch.testing.assert_close(ratio, ratio.mean(dim=pooled_axis, keepdim=True).expand_as(ratio))
+    for axis in {1, 2, 3, 4} - {pooled_axis}:
+        assert (ratio - ratio.mean(dim=axis, keepdim=True)).abs().max() > 1e-3
+
+
+def test_quadruplet_attention_is_the_mean_of_its_four_gates():
+    att = QuadrupletAttention(kernel_size=3).eval()
+    biases = [0.3, -0.7, 1.1, 0.0]
+    for g, b in zip([*att.axis_gates, att.spatial_gate], biases, strict=True):
+        _set_gate(g, 0.0, b)  # zero scale: each gate is the constant sigmoid(b)
+    x = torch.randn(2, 3, 4, 5, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(att(x), x * torch.sigmoid(torch.tensor(biases)).mean())
