@@ -25,17 +25,19 @@ DEFAULT_BUNDLES_DIR = Path(__file__).resolve().parents[2] / "bundles"
 DEMO_CASES, DEMO_LGG_FRACTION = 100, 0.4
 
 
-def bundle_workflow(bundle_root: Path, configs: Sequence[str], workflow_type: str = "train", **overrides):
-    """An initialised ``monai.bundle.ConfigWorkflow`` of ``bundle_root`` with config files ``configs``."""
+def bundle_workflow(bundle_dir: str | Path, configs: Sequence[str], workflow_type: str = "train", **overrides):
+    """An initialised ``monai.bundle.ConfigWorkflow`` of the bundle folder ``bundle_dir`` with config files
+    ``configs`` and id overrides (a ``bundle_root`` override relocates the outputs, not the configs)."""
     from monai.bundle import ConfigWorkflow
 
-    files = [str(bundle_root / "configs" / c) for c in configs]
+    bundle_dir = Path(bundle_dir)
+    files = [str(bundle_dir / "configs" / c) for c in configs]
+    overrides.setdefault("bundle_root", str(bundle_dir))
     workflow = ConfigWorkflow(
         config_file=files,
-        meta_file=str(bundle_root / "configs" / "metadata.json"),
-        logging_file=str(bundle_root / "configs" / "logging.conf"),
+        meta_file=str(bundle_dir / "configs" / "metadata.json"),
+        logging_file=str(bundle_dir / "configs" / "logging.conf"),
         workflow_type=workflow_type,
-        bundle_root=str(bundle_root),
         **overrides,
     )
     workflow.initialize()

@@ -1,0 +1,42 @@
+import json
+
+import pytest
+
+from monai_protoshare.workflows.crossval import parse_model_spec, run_crossval
+from tests.bundles.conftest import BUNDLES_DIR, TINY
+
+
+def test_model_specs():
+    assert parse_model_spec("um_protoshare").run == "um_protoshare"
+    assert parse_model_spec("um_protoshare:E2").run == "um_protoshare"
+    c = parse_model_spec("um_protoshare:c")
+    assert c.extra_configs == ("ablations/C.yaml",) and c.run == "um_protoshare_C"
+    occlusion = parse_model_spec("cnn:occlusion")
+    assert not occlusion.trains and occlusion.run_of_checkpoints == "cnn"
+    with pytest.raises(ValueError, match="unknown model spec"):
+        parse_model_spec("mprotonet:Z")
+
+
+def test_cnn_with_both_attributions_on_two_folds_and_resume(bundle_cohort, tmp_path, monkeypatch):
+    # tiny sizes through a preset file written next to a copy of the bundle
+    import shutil
+
+    bundles = tmp_path / "bundles"
+    shutil.copytree(BUNDLES_DIR / "cnn", bundles / "cnn")
+    tiny = {**TINY, "latent_epochs": 0, "spatial_size": [16, 16, 16]}  # occlusion windows are 11 voxels
+    (bundles / "cnn" / "configs" / "presets" / "tiny.yaml").write_text(
+        "\n".join(f"{k}: {json.dumps(v)}" for k, v in tiny.items()) + "\n"
+    )
+    out = tmp_path / "cv"
+    table = run_crossval(str(bundle_cohort), ["cnn", "cnn:occlusion"], folds=[0, 1], preset="tiny", output_dir=str(out), bundles_dir=bundles)
+    text = table.read_text()
+    assert "| CNN: Grad-CAM |" in text and "| CNN: Occlusion |" in text
+    for run in ("cnn", "cnn_occlusion"):
+        for fold in (0, 1):
+            metrics = json.loads((out / run / f"fold{fold}" / "metrics.json").read_text())
+            assert metrics["n"] == 2
+    assert json.loads((out / "cnn_occlusion" / "fold0" / "metrics.json").read_text())["attribution"] == "occlusion"
+    model = out / "cnn" / "fold0" / "checkpoints" / "model.pt"
+    stamp = model.stat().st_mtime
+    run_crossval(str(bundle_cohort), ["cnn"], folds=[0], preset="tiny", output_dir=str(out), bundles_dir=bundles)
+    assert model.stat().st_mtime == stamp  # finished folds are not retrained
