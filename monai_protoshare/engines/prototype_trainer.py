@@ -72,6 +72,8 @@ class PrototypeTrainer(Trainer):
         seed: base seed of the per-epoch reseeding.
         push_output_dir: where the push writes its provenance JSON (optional).
         distributed: wrap the trained modules in DistributedDataParallel when a process group is initialised.
+        channels_last: keep the network and the images in ``torch.channels_last_3d`` memory format; oneDNN's
+            3D convolutions (the stem's weight gradient above all) run about 1.5x faster so on CPU.
         amp: bf16 autocast (CUDA only).
         train_handlers: MONAI/Ignite handlers attached after the built-in ones.
         key_train_metric, additional_metrics: Ignite metrics on ``{"pred", "label"}`` outputs.
@@ -98,6 +100,7 @@ class PrototypeTrainer(Trainer):
         seed: int = 0,
         push_output_dir: str | None = None,
         distributed: bool = False,
+        channels_last: bool = True,
         amp: bool = False,
         non_blocking: bool = False,
         prepare_batch: Callable = default_prepare_batch,
@@ -138,6 +141,8 @@ class PrototypeTrainer(Trainer):
             decollate=False,
         )
         self.network = network
+        self.memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
+        network.to(memory_format=self.memory_format)
         self.schedule = schedule
         self.warmup_model = network if is_cnn else CNNClassifier.sharing(network)
         self.latent_loss = latent_loss if latent_loss is not None else LatentSpaceLoss()
@@ -224,6 +229,7 @@ class PrototypeTrainer(Trainer):
             labels = batchdata["label"].to(engine.state.device)
         else:
             images, labels = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking)[:2]
+            images = images.contiguous(memory_format=self.memory_format)
         labels = labels.long().view(-1)
         optimizer = self.optimizer_for(stage)
         optimizer.zero_grad(set_to_none=True)

@@ -44,7 +44,9 @@ def _protopnet_maps(network: PrototypeNetwork, output: PrototypeOutput, scale: i
     return torch.where(flat >= threshold, flat, torch.zeros_like(flat)).view_as(sims)
 
 
-def prototype_scale_maps(network: PrototypeNetwork, output: PrototypeOutput, target: torch.Tensor) -> list[torch.Tensor]:
+def prototype_scale_maps(
+    network: PrototypeNetwork, output: PrototypeOutput, target: torch.Tensor
+) -> list[torch.Tensor]:
     """Per-scale class maps at their own resolution, before upsampling, (B, 1, H_s, W_s, D_s) each.
 
     For scale s and class c = ``target``: the mean of the maps of the prototypes supporting c
@@ -64,7 +66,9 @@ def prototype_scale_maps(network: PrototypeNetwork, output: PrototypeOutput, tar
     return maps
 
 
-def prototype_class_maps(network: PrototypeNetwork, output: PrototypeOutput, target: torch.Tensor, size) -> torch.Tensor:
+def prototype_class_maps(
+    network: PrototypeNetwork, output: PrototypeOutput, target: torch.Tensor, size
+) -> torch.Tensor:
     """Eq. (28) (eq. 26 for single-scale models): Σ_s UpSample(density-rescaled mean map), (B, 1, *size)."""
     return sum(upsample_to(m, size) for m in prototype_scale_maps(network, output, target))
 

@@ -128,7 +128,9 @@ def push_prototypes(
                 best_id[j] = str(ids[b])
                 best_box[j] = map_mass_box(out.attention[i][b, k].float(), tuple(images.shape[2:]))
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        best_sim, best_desc, best_box, best_id, num_cases = _gather_best(best_sim, best_desc, best_box, best_id, num_cases)
+        best_sim, best_desc, best_box, best_id, num_cases = _gather_best(
+            best_sim, best_desc, best_box, best_id, num_cases
+        )
     missing = [j for j in range(total) if best_id[j] == ""]
     if missing:
         raise ValueError(

@@ -80,7 +80,9 @@ class TrainingStageHandler:
         if engine.distributed and stage != Stage.CLASSIFIER:
             if stage not in self._wrapped:
                 device_ids = [engine.state.device] if engine.state.device.type == "cuda" else None
-                self._wrapped[stage] = DistributedDataParallel(forward, device_ids=device_ids, find_unused_parameters=True)
+                self._wrapped[stage] = DistributedDataParallel(
+                    forward, device_ids=device_ids, find_unused_parameters=True
+                )
             forward = self._wrapped[stage]
         engine.forward_module = forward
         self._select_data(engine, stage)

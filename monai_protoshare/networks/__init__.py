@@ -8,8 +8,8 @@ from .factory import MODEL_CONFIGURATIONS, build_network, model_names
 from .fusion import ConcatFusion, GatedFusion, MultiScaleFeatureFusion
 from .localisation import AddOn, MappingHead
 from .pretrained import inflate_resnet2d_state_dict, load_imagenet_resnet, load_medicalnet_resnet
-from .prototypes import PrototypeBank, masked_descriptors
 from .protonet import PrototypeNetwork, PrototypeOutput
+from .prototypes import PrototypeBank, masked_descriptors
 from .quadruplet_attention import QuadrupletAttention
 
 __all__ = [

@@ -84,9 +84,7 @@ class CNNClassifier(nn.Module):
         available = backbone.encoder.num_scales
         if not scales or min(scales) < 1 or max(scales) > available:
             raise ValueError(f"scales must lie within 1..{available}; got {tuple(scales)}.")
-        add_ons = nn.ModuleList(
-            AddOn(backbone.out_channels[s - 1], embedding_dim, add_on_activation) for s in scales
-        )
+        add_ons = nn.ModuleList(AddOn(backbone.out_channels[s - 1], embedding_dim, add_on_activation) for s in scales)
         return cls(backbone, add_ons, tuple(scales), num_classes)
 
     @classmethod

@@ -83,7 +83,9 @@ def medicalnet_state_dict(state_dict_3d: Mapping[str, torch.Tensor], encoder: Re
             if key == "conv1.weight" and src.shape[1] == 1:
                 src = src.repeat(1, ref.shape[1], 1, 1, 1) / ref.shape[1]
         if src.shape != ref.shape:
-            raise ValueError(f"MedicalNet '{key}' has shape {tuple(src.shape)}; the encoder expects {tuple(ref.shape)}.")
+            raise ValueError(
+                f"MedicalNet '{key}' has shape {tuple(src.shape)}; the encoder expects {tuple(ref.shape)}."
+            )
         converted[key] = src.to(ref.dtype)
     return converted
 

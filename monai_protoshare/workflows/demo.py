@@ -128,7 +128,10 @@ def _print_table(summary: dict) -> None:
         ("AP", f"{m['ap']:.3f}"),
         ("IDS (%)", f"{m['ids']:.2f}"),
         ("held-out cases", str(m["n"])),
-        ("wall time", f"{t['total_s'] / 60:.1f} min (train {t['train_s'] / 60:.1f}, evaluate {t['evaluate_s'] / 60:.1f})"),
+        (
+            "wall time",
+            f"{t['total_s'] / 60:.1f} min (train {t['train_s'] / 60:.1f}, evaluate {t['evaluate_s'] / 60:.1f})",
+        ),
     ]
     width = max(len(r[0]) for r in rows)
     print(f"\nUM-ProtoShare demo ({summary['preset']}, fold {summary['fold']}, {summary['dataset_dir']})")

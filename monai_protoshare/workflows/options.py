@@ -50,7 +50,9 @@ def load_datalist(dataset_dir: str | os.PathLike, skip_bad: bool = False) -> lis
     if not path.is_dir():
         raise BundleOptionError("--dataset_dir", f"'{path}' is not a folder.")
     if not any(path.iterdir()):
-        raise BundleOptionError("--dataset_dir", f"'{path}' is empty (expected BraTS20_Training_* folders and name_mapping.csv).")
+        raise BundleOptionError(
+            "--dataset_dir", f"'{path}' is empty (expected BraTS20_Training_* folders and name_mapping.csv)."
+        )
     try:
         datalist = load_brats_datalist(path, skip_bad=skip_bad)
     except (BratsDatasetError, FileNotFoundError, ValueError) as err:
@@ -102,7 +104,8 @@ def load_network_weights(network: nn.Module, path: str | os.PathLike, option: st
             else str(err).splitlines()[-1].strip()
         )
         raise BundleOptionError(
-            option, f"'{path}' holds weights of another model or configuration than '{type(network).__name__}' ({detail})."
+            option,
+            f"'{path}' holds weights of another model or configuration than '{type(network).__name__}' ({detail}).",
         ) from None
     logger.info("loaded weights from %s", path)
     return network
@@ -129,7 +132,9 @@ def inference_datalist(source: str | os.PathLike) -> list[dict[str, Any]]:
                 items = data[key]
                 break
         else:
-            raise BundleOptionError("--dataset_dir", f"datalist '{path}' has no 'testing', 'validation' or 'training' list.")
+            raise BundleOptionError(
+                "--dataset_dir", f"datalist '{path}' has no 'testing', 'validation' or 'training' list."
+            )
         base = path.parent
         return [
             {**item, "image": [str(base / p) if not os.path.isabs(p) else p for p in item["image"]],

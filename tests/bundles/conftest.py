@@ -41,4 +41,6 @@ def tiny_overrides(bundle: str) -> dict:
 @pytest.fixture(scope="session")
 def bundle_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Ten cases at 6 mm, half of each grade: every fold holds out one LGG and one HGG case."""
-    return generate_cohort(tmp_path_factory.mktemp("bundle_cohort"), n_cases=10, seed=1, spacing=6.0, lgg_fraction=0.5, progress=False)
+    return generate_cohort(
+        tmp_path_factory.mktemp("bundle_cohort"), n_cases=10, seed=1, spacing=6.0, lgg_fraction=0.5, progress=False
+    )

@@ -38,7 +38,16 @@ def test_bundle_has_the_zoo_layout(bundle):
 def test_metadata_is_valid_offline_and_declares_image_and_pred(bundle):
     meta_file = BUNDLES_DIR / bundle / "configs" / "metadata.json"
     result = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", str(meta_file), "--filepath", str(SCHEMA)],
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "verify_metadata",
+            "--meta_file",
+            str(meta_file),
+            "--filepath",
+            str(SCHEMA),
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -74,7 +83,12 @@ def test_check_properties_is_empty(bundle, workflow_type, configs, tmp_path, bun
         torch.save(build_network(bundle, **sizes).state_dict(), tmp_path / "model.pt")
         overrides = {**sizes, "ckpt_path": str(tmp_path / "model.pt")}
     workflow = bundle_workflow(
-        BUNDLES_DIR / bundle, configs, workflow_type, output_dir=str(tmp_path), dataset_dir=str(bundle_cohort), **overrides
+        BUNDLES_DIR / bundle,
+        configs,
+        workflow_type,
+        output_dir=str(tmp_path),
+        dataset_dir=str(bundle_cohort),
+        **overrides,
     )
     assert workflow.check_properties() == []
 
@@ -135,8 +149,16 @@ def _keys(config, prefix=""):
     return out
 
 
-MODEL_SPECIFIC = {"model_name", "encoder_layers", "encoder_widths", "latent_epochs", "train#trainer#push_data_loader",
-                  "validate#attribution_method", "handlers", "top_k"}  # fmt: skip  (the CNN exports no prototype evidence)
+MODEL_SPECIFIC = {
+    "model_name",
+    "encoder_layers",
+    "encoder_widths",
+    "latent_epochs",
+    "train#trainer#push_data_loader",
+    "validate#attribution_method",
+    "handlers",
+    "top_k",
+}  # fmt: skip  (the CNN exports no prototype evidence)
 
 
 @pytest.mark.parametrize("bundle", [b for b in BUNDLES if b != "um_protoshare"])

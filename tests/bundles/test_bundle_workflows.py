@@ -39,7 +39,11 @@ def test_train_evaluate_infer_chain(bundle, bundle_cohort, tmp_path):
     models_dir = tmp_path / "bundle_models"
     models_dir.mkdir()
     torch.save(model, models_dir / "model.pt")
-    infer = {k: v for k, v in overrides.items() if k in ("spatial_size", "pixdim", "encoder_layers", "encoder_widths", "embedding_dim")}
+    infer = {
+        k: v
+        for k, v in overrides.items()
+        if k in ("spatial_size", "pixdim", "encoder_layers", "encoder_widths", "embedding_dim")
+    }
     out = tmp_path / "inference"
     _run(
         bundle,
@@ -60,7 +64,12 @@ def test_train_evaluate_infer_chain(bundle, bundle_cohort, tmp_path):
 
 
 def test_ablation_runs_into_its_own_folder(bundle_cohort, tmp_path):
-    overrides = {**tiny_overrides("um_protoshare"), "dataset_dir": str(bundle_cohort), "fold": 0, "bundle_root": str(tmp_path)}
+    overrides = {
+        **tiny_overrides("um_protoshare"),
+        "dataset_dir": str(bundle_cohort),
+        "fold": 0,
+        "bundle_root": str(tmp_path),
+    }
     workflow = bundle_workflow(BUNDLES_DIR / "um_protoshare", ["train.yaml", "ablations/A1.yaml"], **overrides)
     assert workflow.parser.get_parsed_content("fold_dir").endswith("outputs/A1/fold0")
     assert workflow.parser.get_parsed_content("network_def").ownership == "class_specific"
@@ -74,7 +83,12 @@ def test_ablation_runs_into_its_own_folder(bundle_cohort, tmp_path):
     ],
 )
 def test_bad_options_are_one_line_errors(bundle_cohort, tmp_path, overrides, option, match):
-    values = {**tiny_overrides("um_protoshare"), "dataset_dir": str(bundle_cohort), "output_dir": str(tmp_path), **overrides}
+    values = {
+        **tiny_overrides("um_protoshare"),
+        "dataset_dir": str(bundle_cohort),
+        "output_dir": str(tmp_path),
+        **overrides,
+    }
     with pytest.raises(BundleOptionError, match=match) as err:
         _run("um_protoshare", ["train.yaml"], **values)
     assert err.value.option == option and "\n" not in str(err.value) and err.value.code == 2
@@ -84,15 +98,28 @@ def test_empty_dataset_dir_is_named(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(BundleOptionError, match="is empty"):
-        _run("um_protoshare", ["train.yaml"], **tiny_overrides("um_protoshare"), dataset_dir=str(empty), output_dir=str(tmp_path))
+        _run(
+            "um_protoshare",
+            ["train.yaml"],
+            **tiny_overrides("um_protoshare"),
+            dataset_dir=str(empty),
+            output_dir=str(tmp_path),
+        )
 
 
 def test_checkpoint_of_another_model_is_refused(bundle_cohort, tmp_path):
     other = tmp_path / "mprotonet.pt"
     from monai_protoshare.networks import build_network
 
-    torch.save(build_network("mprotonet", encoder_layers=(1, 1), encoder_widths=(4, 8), embedding_dim=8).state_dict(), other)
-    values = {**tiny_overrides("um_protoshare"), "dataset_dir": str(bundle_cohort), "output_dir": str(tmp_path), "ckpt_path": str(other)}
+    torch.save(
+        build_network("mprotonet", encoder_layers=(1, 1), encoder_widths=(4, 8), embedding_dim=8).state_dict(), other
+    )
+    values = {
+        **tiny_overrides("um_protoshare"),
+        "dataset_dir": str(bundle_cohort),
+        "output_dir": str(tmp_path),
+        "ckpt_path": str(other),
+    }
     with pytest.raises(BundleOptionError, match="another model") as err:
         _run("um_protoshare", ["train.yaml", "evaluate.yaml"], **values)
     assert err.value.option == "--ckpt_path"

@@ -12,12 +12,20 @@ from tests.bundles.conftest import BUNDLES_DIR, tiny_overrides
 
 def test_two_process_gloo_training(bundle_cohort, tmp_path):
     root = BUNDLES_DIR / "um_protoshare"
-    overrides = {**tiny_overrides("um_protoshare"), "dataset_dir": str(bundle_cohort), "output_dir": str(tmp_path), "fold": 0}
+    overrides = {
+        **tiny_overrides("um_protoshare"),
+        "dataset_dir": str(bundle_cohort),
+        "output_dir": str(tmp_path),
+        "fold": 0,
+    }
     args = []
     for key, value in overrides.items():
         args += [f"--{key}", json.dumps(value) if isinstance(value, list) else str(value)]
     # each rank saves its final prototypes for the comparison
-    args += ["--finalize", "$[torch.save(@network.prototypes.state_dict(), os.path.join(@fold_dir, f'rank{dist.get_rank()}.pt')), dist.is_initialized() and dist.destroy_process_group()]"]
+    args += [
+        "--finalize",
+        "$[torch.save(@network.prototypes.state_dict(), os.path.join(@fold_dir, f'rank{dist.get_rank()}.pt')), dist.is_initialized() and dist.destroy_process_group()]",
+    ]
     configs = str([str(root / "configs" / "train.yaml"), str(root / "configs" / "multi_gpu_train.yaml")])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(

@@ -72,7 +72,9 @@ def test_latent_space_loss_combines_terms_with_paper_weights():
         + 0.001 * terms["div"]
     )  # fmt: skip
     torch.testing.assert_close(terms["loss"], expected)
-    torch.testing.assert_close(terms["oc"], torch.stack(online_cam_loss(out.online_cam_logits, torch.tensor([0, 1]))).mean())
+    torch.testing.assert_close(
+        terms["oc"], torch.stack(online_cam_loss(out.online_cam_logits, torch.tensor([0, 1]))).mean()
+    )
     torch.testing.assert_close(terms["div"], prototype_diversity_loss(list(net.prototypes.vectors)))
     assert all(torch.isfinite(v) for v in terms.values())
 

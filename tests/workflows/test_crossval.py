@@ -28,7 +28,14 @@ def test_cnn_with_both_attributions_on_two_folds_and_resume(bundle_cohort, tmp_p
         "\n".join(f"{k}: {json.dumps(v)}" for k, v in tiny.items()) + "\n"
     )
     out = tmp_path / "cv"
-    table = run_crossval(str(bundle_cohort), ["cnn", "cnn:occlusion"], folds=[0, 1], preset="tiny", output_dir=str(out), bundles_dir=bundles)
+    table = run_crossval(
+        str(bundle_cohort),
+        ["cnn", "cnn:occlusion"],
+        folds=[0, 1],
+        preset="tiny",
+        output_dir=str(out),
+        bundles_dir=bundles,
+    )
     text = table.read_text()
     assert "| CNN: Grad-CAM |" in text and "| CNN: Occlusion |" in text
     for run in ("cnn", "cnn_occlusion"):
