@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .architecture import ArchitectureSignature
 from .backbone import FeatureBackbone
 from .localisation import AddOn
 
@@ -34,7 +35,7 @@ class GAPClassifierHead(nn.Module):
         return self.fc((weights[None, :, None] * pooled).sum(dim=1))
 
 
-class CNNClassifier(nn.Module):
+class CNNClassifier(ArchitectureSignature, nn.Module):
     """Encoder–decoder backbone with gated fusion, add-on per scale, GAP and a linear classifier.
 
     This is the paper's CNN baseline and the warm-up model of every prototype network (App. D.5):
@@ -57,6 +58,7 @@ class CNNClassifier(nn.Module):
         self, backbone: FeatureBackbone, add_ons: nn.ModuleList, scales: tuple[int, ...], num_classes: int = 2
     ) -> None:
         super().__init__()
+        self.register_architecture({"model": "CNNClassifier", "fusion": backbone.fusion, "scales": list(scales)})
         if len(add_ons) != len(scales):
             raise ValueError(f"one add-on per active scale expected: {len(add_ons)} add-ons for scales {scales}.")
         self.backbone = backbone

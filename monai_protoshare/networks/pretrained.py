@@ -93,7 +93,11 @@ def medicalnet_state_dict(state_dict_3d: Mapping[str, torch.Tensor], encoder: Re
 def _load(path: str | os.PathLike, what: str) -> dict[str, torch.Tensor]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{what} weights file not found: '{path}' (no download is attempted).")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated download, not a torch file, a pickle with code in it, ...
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{what} weights file '{path}' cannot be loaded as a state dict: {first}") from None
     if isinstance(state, Mapping) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, Mapping):

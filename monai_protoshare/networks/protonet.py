@@ -9,6 +9,7 @@ import torch
 from monai.utils import look_up_option
 from torch import nn
 
+from .architecture import ArchitectureSignature
 from .backbone import FeatureBackbone
 from .fusion import MultiScaleFeatureFusion
 from .localisation import MAPPING_MODES, AddOn, MappingHead
@@ -52,7 +53,7 @@ class PrototypeOutput:
     online_cam_logits: list[torch.Tensor] = field(default_factory=list)
 
 
-class PrototypeNetwork(nn.Module):
+class PrototypeNetwork(ArchitectureSignature, nn.Module):
     """UM-ProtoShare (paper §2.2, App. A) and every prototype model of Table 1 as one configurable network.
 
     Pipeline per active scale s: backbone F_s → add-on G_s → mapping module M_s → descriptors H_s
@@ -114,6 +115,22 @@ class PrototypeNetwork(nn.Module):
         lse_r: float = 10.0,
     ) -> None:
         super().__init__()
+        self.register_architecture(
+            {
+                "model": "PrototypeNetwork",
+                "encoder_attention": encoder_attention,
+                "fusion": fusion,
+                "scales": list(scales),
+                "prototypes_per_scale": list(prototypes_per_scale),
+                "ownership": ownership,
+                "mapping": mapping,
+                "online_cam": bool(online_cam),
+                "add_on_activation": add_on_activation,
+                "mapping_feature_fusion": bool(mapping_feature_fusion),
+                "topk_fraction": float(topk_fraction),
+                "softmask": [float(softmask_weight), float(softmask_threshold)],
+            }
+        )
         self.in_channels, self.num_classes = int(in_channels), int(num_classes)
         self.ownership = look_up_option(ownership, OWNERSHIPS)
         self.mapping = look_up_option(mapping, MAPPING_MODES)

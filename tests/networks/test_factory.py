@@ -164,3 +164,17 @@ def test_pretrained_needs_a_known_option_and_a_path():
         build_network("mprotonet", pretrained="imagenet", **preset_overrides("mprotonet", "cpu_small"))
     with pytest.raises(ValueError, match="imagenet"):
         build_network("mprotonet", pretrained="imagenett", pretrained_path="x.pth")
+
+
+def test_weights_of_a_model_with_the_same_tensors_do_not_load_silently():
+    import pytest
+    import torch  # noqa: F401
+
+    from monai_protoshare.networks import build_network
+
+    kwargs = {"encoder_layers": (1, 1), "encoder_widths": (4, 8), "embedding_dim": 8}
+    mprotonet, a1 = build_network("mprotonet", **kwargs), build_network("um_protoshare_a1", **kwargs)
+    assert set(mprotonet.state_dict()) == set(a1.state_dict())  # same names and shapes ...
+    with pytest.raises(RuntimeError, match="saved from another model"):  # ... still refused
+        a1.load_state_dict(mprotonet.state_dict())
+    build_network("um_protoshare_a1", **kwargs).load_state_dict(a1.state_dict())
