@@ -20,7 +20,7 @@ $(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
 venv: $(VENV)/.installed
 
 test: venv
-	$(PY) -m pytest -n 2 --dist loadfile -q $(PYTEST_ARGS)
+	$(PY) -m pytest -n 2 --dist loadfile -q -m "not slow" $(PYTEST_ARGS)
 
 demo: venv
 	$(PY) -m monai_protoshare.workflows.demo $(DEMO_ARGS)

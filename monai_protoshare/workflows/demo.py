@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..data.synthetic import generate_cohort
+from .run_info import save_run_info
 
 __all__ = ["DEFAULT_BUNDLES_DIR", "bundle_workflow", "main", "run_demo"]
 
@@ -41,6 +42,9 @@ def bundle_workflow(bundle_dir: str | Path, configs: Sequence[str], workflow_typ
         **overrides,
     )
     workflow.initialize()
+    parser = workflow.parser
+    out = parser.get_parsed_content("fold_dir") if "fold_dir" in parser else parser.get_parsed_content("output_dir")
+    save_run_info(out, config=parser.config, bundle=str(bundle_dir), configs=list(configs))
     return workflow
 
 

@@ -43,7 +43,7 @@ import yaml
 from monai.transforms import Compose
 from tqdm import tqdm
 
-from ..data.transforms import inference_transforms
+from ..data.transforms import inference_transforms, transform_error
 from ..explain.dicom_seg import data_prep_seg_writer
 from ..explain.evidence import (
     CLASS_NAMES,
@@ -159,7 +159,12 @@ def export_evidence(
     todo = []
     for item in datalist:
         subject = str(item["subject_id"])
-        if not overwrite and is_exported(output_dir, subject):
+        try:
+            done = not overwrite and is_exported(output_dir, subject)
+        except ValueError as err:  # an id that cannot name a case folder ("../x", "a b"): reported, never exported
+            summary.failed[subject] = f"{type(err).__name__}: {err}"
+            continue
+        if done:
             summary.skipped.append(subject)
         else:
             todo.append(item)
@@ -197,6 +202,7 @@ def export_evidence(
                     extra=extra,
                 )
             except Exception as err:  # reported in the summary; never stops the batch
+                err = transform_error(err)
                 logger.error("evidence export of %s failed: %s: %s", subject, type(err).__name__, err)
                 summary.failed[subject] = f"{type(err).__name__}: {err}"
                 continue

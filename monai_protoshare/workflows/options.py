@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data.brats import NAME_MAPPING, BratsDatasetError, load_brats_datalist
+from ..data.brats import NAME_MAPPING, BratsDatasetError, load_brats_datalist, validate_datalist
 from ..data.splits import fold_datalists
 
 __all__ = ["BundleOptionError", "fold_split", "inference_datalist", "load_datalist", "load_network_weights"]
@@ -116,17 +116,22 @@ SEQUENCE_SUFFIXES = ("t1", "t1ce", "t2", "flair")
 
 def inference_datalist(source: str | os.PathLike) -> list[dict[str, Any]]:
     """Cases to predict: a MONAI datalist JSON (key ``testing``, else ``validation``, else ``training``), a
-    BraTS-layout folder with ``name_mapping.csv`` (validated; grades and segmentations optional, e.g. the
-    output of ``data_prep``), or any folder of case folders ``<case>/<case>_{t1,t1ce,t2,flair}.nii[.gz]``.
+    BraTS-layout folder with ``name_mapping.csv`` (grades and segmentations optional, e.g. the output of
+    ``data_prep``), or any folder of case folders ``<case>/<case>_{t1,t1ce,t2,flair}.nii[.gz]``. Every case's
+    files are validated (:func:`~monai_protoshare.data.brats.validate_datalist`) before anything runs.
 
     Raises:
-        BundleOptionError: ``--dataset_dir`` missing or holding no complete case.
+        BundleOptionError: ``--dataset_dir`` missing, not valid JSON, holding no complete case, or holding
+            bad files (every problem listed as subject | file | problem).
     """
     path = Path(str(source)).expanduser()
     if path.is_file() and path.suffix == ".json":
         import json
 
-        data = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise BundleOptionError("--dataset_dir", f"datalist '{path}' is not a JSON file: {err}.") from None
         for key in ("testing", "validation", "training"):
             if isinstance(data, dict) and key in data:
                 items = data[key]
@@ -135,12 +140,19 @@ def inference_datalist(source: str | os.PathLike) -> list[dict[str, Any]]:
             raise BundleOptionError(
                 "--dataset_dir", f"datalist '{path}' has no 'testing', 'validation' or 'training' list."
             )
+        if not isinstance(items, list) or not all(
+            isinstance(i, dict) and isinstance(i.get("image"), list) for i in items
+        ):
+            raise BundleOptionError(
+                "--dataset_dir",
+                f"datalist '{path}' '{key}' must be a list of items with an 'image' list of four paths.",
+            )
         base = path.parent
-        return [
+        return _validated([
             {**item, "image": [str(base / p) if not os.path.isabs(p) else p for p in item["image"]],
-             "subject_id": item.get("subject_id", Path(item["image"][0]).parent.name)}
+             "subject_id": item.get("subject_id", Path(item["image"][0]).parent.name if item["image"] else "")}
             for item in items
-        ]  # fmt: skip
+        ], path)  # fmt: skip
     if not path.is_dir():
         raise BundleOptionError("--dataset_dir", f"'{path}' is neither a folder of cases nor a datalist .json.")
     if (path / NAME_MAPPING).is_file():  # BraTS layout (also data_prep's output): validated, labels optional
@@ -165,4 +177,11 @@ def inference_datalist(source: str | os.PathLike) -> list[dict[str, Any]]:
         raise BundleOptionError(
             "--dataset_dir", f"'{path}' holds no case folder with *_t1, *_t1ce, *_t2 and *_flair NIfTI files."
         )
-    return cases
+    return _validated(cases, path)
+
+
+def _validated(cases: list[dict[str, Any]], source: Path) -> list[dict[str, Any]]:
+    try:
+        return validate_datalist(cases, source)
+    except BratsDatasetError as err:
+        raise BundleOptionError("--dataset_dir", str(err)) from None

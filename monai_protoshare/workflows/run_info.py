@@ -49,13 +49,44 @@ def _versions() -> dict[str, str | None]:
     return versions
 
 
-def save_run_info(output_dir: str | os.PathLike, config: dict[str, Any] | None = None, **extra: Any) -> Path:
-    """Write ``run_info.json`` (command, time, host, git SHA, package versions, ``extra``) and, when given, the
-    merged config as ``run_config.yaml`` into ``output_dir``. Returns ``output_dir``.
+def config_from_argv(argv: list[str] | None = None) -> dict[str, Any] | None:
+    """The merged config of a ``python -m monai.bundle run --config_file ... --id value ...`` command line:
+    the config files read in order, then the ``--id value`` overrides (``None`` when there is no config file)."""
+    import ast
 
-    Bundles call it from ``initialize``; the cross-validation runner and the demo pass the parsed config
-    (``ConfigWorkflow.parser.config``).
+    from monai.bundle import ConfigParser
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    options: dict[str, str] = {}
+    for i, arg in enumerate(args[:-1]):
+        if arg.startswith("--"):
+            options[arg[2:]] = args[i + 1]
+    if "config_file" not in options:
+        return None
+    files = options.pop("config_file")
+    files = ast.literal_eval(files) if files.strip().startswith("[") else files
+    parser = ConfigParser()
+    parser.read_config(files)
+    for key, value in options.items():
+        if key in ("meta_file", "logging_file", "args_file", "run_id", "init_id", "final_id", "tracking"):
+            continue
+        try:
+            parser[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            parser[key] = value
+    return parser.config
+
+
+def save_run_info(output_dir: str | os.PathLike, config: dict[str, Any] | None = None, **extra: Any) -> Path:
+    """Write ``run_info.json`` (command, time, host, git SHA, package versions, ``extra``) and the merged config
+    as ``run_config.yaml`` into ``output_dir``. Returns ``output_dir``.
+
+    Bundles call it from ``initialize``, where the config is rebuilt from the command line
+    (:func:`config_from_argv`); in-process runners (:func:`~monai_protoshare.workflows.demo.bundle_workflow`)
+    pass ``ConfigWorkflow.parser.config``.
     """
+    if config is None:
+        config = config_from_argv()
     out = Path(output_dir)
     info = {
         "command": sys.argv,

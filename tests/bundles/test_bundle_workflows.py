@@ -25,7 +25,7 @@ def test_train_evaluate_infer_chain(bundle, bundle_cohort, tmp_path):
     _run(bundle, ["train.yaml"], **overrides)
     fold_dir = tmp_path / "fold1"
     model = torch.load(fold_dir / "checkpoints" / "model.pt", weights_only=True)
-    assert (fold_dir / "run_info.json").is_file()
+    assert (fold_dir / "run_info.json").is_file() and "model_name" in (fold_dir / "run_config.yaml").read_text()
     if bundle != "cnn":
         provenance = json.loads((fold_dir / "prototypes.json").read_text())["prototypes"]
         assert len(provenance) == 30 and all(p["source_subject_id"] for p in provenance)

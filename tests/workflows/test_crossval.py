@@ -47,3 +47,14 @@ def test_cnn_with_both_attributions_on_two_folds_and_resume(bundle_cohort, tmp_p
     stamp = model.stat().st_mtime
     run_crossval(str(bundle_cohort), ["cnn"], folds=[0], preset="tiny", output_dir=str(out), bundles_dir=bundles)
     assert model.stat().st_mtime == stamp  # finished folds are not retrained
+
+
+def test_run_config_is_rebuilt_from_a_bundle_command_line(tmp_path):
+    from monai_protoshare.workflows.run_info import config_from_argv
+
+    train = str(BUNDLES_DIR / "um_protoshare" / "configs" / "train.yaml")
+    preset = str(BUNDLES_DIR / "um_protoshare" / "configs" / "presets" / "cpu_small.yaml")
+    argv = ["run", "--config_file", str([train, preset]), "--fold", "3", "--dataset_dir", "/data/x", "--bundle_root", "."]
+    config = config_from_argv(argv)
+    assert config["fold"] == 3 and config["dataset_dir"] == "/data/x" and config["spatial_size"] == [64, 64, 48]
+    assert config_from_argv(["run"]) is None
