@@ -10,14 +10,14 @@ not the model's accuracy.
 
 from __future__ import annotations
 
-import shutil
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "deploy"))  # app_bundle.py
 #: Tiny-model sizes written into the bundle copy (the network accepts a 32 x 32 x 24 input).
 TINY = {
     "spatial_size": [32, 32, 24],
@@ -30,14 +30,12 @@ TINY = {
 
 
 def make_tiny_bundle(destination: Path, seed: int = 0) -> Path:
-    """Copy the UM-ProtoShare bundle to ``destination`` with :data:`TINY` sizes and seeded random weights."""
+    """The app bundle (``deploy/app_bundle.py``) of the UM-ProtoShare bundle with :data:`TINY` sizes and seeded
+    random weights, at ``destination``."""
+    from app_bundle import make_app_bundle
+
     from monai_protoshare.networks import build_network
 
-    shutil.copytree(REPO / "bundles" / "um_protoshare", destination, ignore=shutil.ignore_patterns("outputs"))
-    config_path = destination / "configs" / "inference.yaml"
-    config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
-    config.update(TINY)
-    config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     torch.manual_seed(seed)
     network = build_network(
         "um_protoshare",
@@ -45,9 +43,9 @@ def make_tiny_bundle(destination: Path, seed: int = 0) -> Path:
         encoder_widths=TINY["encoder_widths"],
         embedding_dim=TINY["embedding_dim"],
     )
-    (destination / "models").mkdir(exist_ok=True)
-    torch.save(network.state_dict(), destination / "models" / "model.pt")
-    return destination
+    weights = destination.parent / "tiny_weights.pt"
+    torch.save(network.state_dict(), weights)
+    return make_app_bundle(destination, weights, overrides=TINY)
 
 
 @pytest.fixture(scope="session")
