@@ -11,11 +11,11 @@ class ProgressBar:
     """tqdm progress bar over an epoch's iterations showing the running loss and the stage.
 
     Args:
-        output_key: key of ``engine.state.output`` shown in the bar.
+        output_key: key of ``engine.state.output`` shown in the bar (None: none, e.g. for evaluators).
         rank: only rank 0 shows a bar.
     """
 
-    def __init__(self, output_key: str = "loss", rank: int = 0) -> None:
+    def __init__(self, output_key: str | None = "loss", rank: int = 0) -> None:
         self.output_key = output_key
         self.rank = rank
 
@@ -25,6 +25,6 @@ class ProgressBar:
         key = self.output_key
 
         def shown(output):
-            return {key: output[key]} if isinstance(output, dict) and key in output else {}
+            return {key: output[key]} if key and isinstance(output, dict) and key in output else {}
 
         IgniteProgressBar(persist=False, desc=type(engine).__name__).attach(engine, output_transform=shown)
