@@ -5,8 +5,12 @@ The IDS needs the predictions at 51 deletion steps; done naively that is 51 forw
 Both are timed in the same run, interleaved, a few repeats, and the median is reported (timings on shared CPUs are
 noisy: compare ratios, not seconds).
 
+``--network cpu_small`` replaces the small CNN by UM-ProtoShare E2 at the ``cpu_small`` size (channels-last, as the
+evaluator runs it); its results go to ``ids_cpu_small.json``.
+
 Usage:
     python benchmarks/bench_ids.py [--repeats 5] [--device cpu] [--threads 2] [--out benchmarks/results/ids.json]
+    python benchmarks/bench_ids.py --network cpu_small --threads 1 --repeats 3
 """
 
 from __future__ import annotations
@@ -46,6 +50,15 @@ def small_cnn() -> nn.Module:
     )
 
 
+def build_network(name: str) -> nn.Module:
+    """The network whose forwards are counted: the small CNN, or E2 at the ``cpu_small`` size (channels-last)."""
+    if name == "small_cnn":
+        return small_cnn()
+    from bench_common import preset_network
+
+    return preset_network("um_protoshare_e2", name).to(memory_format=torch.channels_last_3d)
+
+
 def _timed(fn, device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -61,13 +74,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "ids.json")
+    parser.add_argument("--network", choices=["small_cnn", "cpu_small"], default="small_cnn")
+    parser.add_argument("--out", type=Path, help="default: results/ids.json (small_cnn), results/ids_<network>.json")
     args = parser.parse_args()
+    results = Path(__file__).parent / "results"
+    out = args.out or results / ("ids.json" if args.network == "small_cnn" else f"ids_{args.network}.json")
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    net = small_cnn().to(device).eval()
+    net = build_network(args.network).to(device).eval()
     image = torch.rand(1, *SHAPE, device=device)
     label = torch.tensor([1])
     # a smooth coarse map (no ties: every step changes the input, the worst case for reuse), and a Grad-CAM-like
@@ -117,13 +133,18 @@ def main() -> None:
         for name, t in times.items()
     ]
     width = max(len(r["run"]) for r in rows)
-    print(f"IDS cost for one case {tuple(SHAPE)}, {STEPS} steps, device {device}, median of {args.repeats}")
+    print(
+        f"IDS cost for one case {tuple(SHAPE)}, {STEPS} steps, network {args.network}, device {device}, "
+        f"{torch.get_num_threads()} thread(s), median of {args.repeats}, load average {os.getloadavg()}"
+    )
     print(f"{'run':<{width}}  {'forwards':>8}  {'median s':>9}  {'ratio':>6}")
     for r in rows:
         print(f"{r['run']:<{width}}  {r['forwards']:>8}  {r['median_s']:>9.4f}  {r['ratio']:>6.3f}")
     write_json(
-        args.out,
+        out,
         {
+            "network": args.network,
+            "load_average": os.getloadavg(),
             "shape": SHAPE,
             "steps": STEPS,
             "device": str(device),
@@ -137,7 +158,7 @@ def main() -> None:
             "times_s": times,
         },
     )
-    print(f"written {args.out}")
+    print(f"written {out}")
 
 
 if __name__ == "__main__":

@@ -12,14 +12,24 @@ For each model of :func:`monai_protoshare.networks.model_names` and each preset 
 - peak memory: growth of the peak resident set (``VmHWM``, reset before the model runs) over a no-grad
   forward and over forward + backward, each model in a fresh subprocess.
 
-Besides the models, ``um_protoshare_e2[stage1]`` is E2 as stage 1 trains it (decoder, fusion and classifier
-frozen with ``requires_grad_(False)``): autograd then skips the frozen weights' gradients.
+Besides the models, three rows answer what the training stages really compute (issue 11 item 1):
+
+- ``um_protoshare_e2[stage1]``: E2 as stage 1 trains it (decoder, fusion and classifier frozen with
+  ``requires_grad_(False)``, decoder and fusion in eval mode): autograd skips the frozen weights' gradients, but
+  the decoder's input gradients are still needed (the trained encoder lies upstream of it);
+- ``um_protoshare_e2[stage3]``: stage 3 on augmented batches (``classifier_inputs="augmented"``): a no-grad
+  eval-mode forward to the similarities, then the classifier's forward + backward;
+- ``um_protoshare_e2[stage3-cached]``: stage 3 on the push's cached similarities (``classifier_inputs="cached"``):
+  the classifier alone on (B, 30) similarities; nothing before it is recomputed.
+
+Networks and inputs use ``torch.channels_last_3d`` as the trainer and evaluator do (``--memory-format``).
 
 Usage::
 
     python benchmarks/bench_models.py --preset cpu_small --threads 1
     python benchmarks/bench_models.py --preset paper --repeats 3 --models encoder,um_protoshare_e2,mprotonet
     python benchmarks/bench_models.py --preset cpu_small --profile um_protoshare_e2
+    python benchmarks/bench_models.py --preset cpu_small --memory-format contiguous --no-memory
 
 Results are merged into ``benchmarks/results/models.json`` (one entry per preset).
 """
@@ -46,6 +56,10 @@ from monai_protoshare.networks import MODEL_CONFIGURATIONS, ResNetEncoder, build
 RESULTS = Path(__file__).resolve().parent / "results" / "models.json"
 ENCODER = "encoder"
 STAGE1 = "um_protoshare_e2[stage1]"
+STAGE3 = "um_protoshare_e2[stage3]"
+STAGE3_CACHED = "um_protoshare_e2[stage3-cached]"
+STAGE_ROWS = (STAGE1, STAGE3, STAGE3_CACHED)
+MEMORY_FORMATS = {"channels_last": torch.channels_last_3d, "contiguous": torch.contiguous_format}
 ALIAS = "um_protoshare"
 GOAL = 0.85
 
@@ -67,10 +81,12 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 class Workload:
-    """One benchmarked network: a model of the family, the bare encoder, or E2 with stage 1's frozen parts."""
+    """One benchmarked network: a model of the family, the bare encoder, or E2 as one training stage runs it."""
 
-    def __init__(self, name: str, preset: str) -> None:
-        self.name, self.preset = name, preset
+    def __init__(self, name: str, preset: str, memory_format: str = "channels_last") -> None:
+        self.name, self.preset, self.memory_format = name, preset, memory_format
+        self.model, _, variant = name.partition("[")
+        self.stage = variant.rstrip("]")
         cfg = PRESETS[preset]
         self.input_shape = (cfg["batch"], 4, *cfg["size"])
 
@@ -78,41 +94,65 @@ class Workload:
         cfg = PRESETS[self.preset]
         overrides = dict(cfg["overrides"])
         if self.name == ENCODER:
-            return ResNetEncoder(
+            net = ResNetEncoder(
                 layers=overrides.get("encoder_layers", (3, 8)), widths=overrides.get("encoder_widths", (64, 128))
             )
+            return net.to(memory_format=MEMORY_FORMATS[self.memory_format])
         if self.name == "maprotonet":
             overrides.update(cfg["single_stage"])
-        net = build_network(self.name.removesuffix("[stage1]"), **overrides)
-        if self.name.endswith("[stage1]"):
-            groups = net.parameter_groups()
-            for group in ("decoder", "classifier"):
-                for p in groups[group]:
-                    p.requires_grad_(False)
-        return net
+        net = build_network(self.model, **overrides)
+        trained = {"stage1": ("encoder", "add_ons", "mapping", "prototypes"), "": None}.get(self.stage, ("classifier",))
+        if trained is not None:  # the trainer's TRAINABLE_GROUPS of that stage
+            for group, params in net.parameter_groups().items():
+                for p in params:
+                    p.requires_grad_(group in trained)
+        return net.to(memory_format=MEMORY_FORMATS[self.memory_format])
 
-    def loss(self, net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-        out = net(x)
+    def prepare(self, net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The tensor this workload consumes: the images, or for stage 3 on cached inputs their similarities."""
+        if self.stage != "stage3-cached":
+            return x.contiguous(memory_format=MEMORY_FORMATS[self.memory_format])
+        with torch.no_grad():
+            return net.eval().explain(x, online_cam=False).similarities
+
+    def set_mode(self, net: torch.nn.Module, training: bool) -> None:
+        """Module modes of a no-grad forward (eval) or of one training step of this workload's stage."""
+        net.train(training and not self.stage.startswith("stage3"))
+        if training and self.stage == "stage1":
+            for frozen in (net.backbone.decoder, net.backbone.fusions):
+                frozen.eval()
+
+    def run(self, net: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+        """Output of a forward: encoder scales, logits, or the classifier's logits on cached similarities."""
+        if self.stage == "stage3-cached":
+            return net.classifier(inputs)
+        return net(inputs)
+
+    def loss(self, net: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
         if self.name == ENCODER:
-            return out[-1].mean()
-        return F.cross_entropy(out, torch.arange(x.shape[0]) % out.shape[1])
+            return net(inputs)[-1].mean()
+        if self.stage == "stage3":
+            with torch.no_grad():
+                inputs = net.explain(inputs, online_cam=False).similarities
+        logits = net.classifier(inputs) if self.stage.startswith("stage3") else net(inputs)
+        return F.cross_entropy(logits, torch.arange(inputs.shape[0]) % logits.shape[1])
 
 
-def forward(net: torch.nn.Module, x: torch.Tensor) -> float:
+def forward(work: Workload, net: torch.nn.Module, inputs: torch.Tensor) -> float:
     """Seconds of one no-grad eval-mode forward."""
-    net.eval()
+    work.set_mode(net, training=False)
     start = time.perf_counter()
     with torch.no_grad():
-        net(x)
+        work.run(net, inputs)
     return time.perf_counter() - start
 
 
-def forward_backward(work: Workload, net: torch.nn.Module, x: torch.Tensor) -> float:
-    """Seconds of one train-mode forward + backward (gradients cleared first, outside the timing)."""
-    net.train()
+def forward_backward(work: Workload, net: torch.nn.Module, inputs: torch.Tensor) -> float:
+    """Seconds of one forward + backward in the workload's training modes (gradients cleared first, untimed)."""
+    work.set_mode(net, training=True)
     net.zero_grad(set_to_none=True)
     start = time.perf_counter()
-    work.loss(net, x).backward()
+    work.loss(net, inputs).backward()
     return time.perf_counter() - start
 
 
@@ -120,17 +160,20 @@ def count_macs(work: Workload) -> tuple[float, float]:
     """(forward MAC, forward + backward MAC), counted on the meta device (no arithmetic is done)."""
     with torch.device("meta"):
         net = work.build()
-        x = torch.empty(work.input_shape)
+        inputs = work.prepare(net, torch.empty(work.input_shape))
+        work.set_mode(net, training=False)
         with FlopCounterMode(display=False) as fwd_counter, torch.no_grad():
-            net.eval()(x)
+            work.run(net, inputs)
+        work.set_mode(net, training=True)
         with FlopCounterMode(display=False) as fb_counter:
-            work.loss(net.train(), x).backward()
+            work.loss(net, inputs).backward()
     return fwd_counter.get_total_flops() / 2, fb_counter.get_total_flops() / 2
 
 
 def measure_memory(work: Workload, threads: int) -> dict[str, float]:
     """Peak-RSS growth in MiB of a no-grad forward and of forward + backward, in a fresh subprocess."""
     cmd = [sys.executable, __file__, "--_memory", work.name, "--preset", work.preset, "--threads", str(threads)]
+    cmd += ["--memory-format", work.memory_format]
     done = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -145,29 +188,30 @@ def _status_mib(field: str) -> float:
     raise KeyError(f"/proc/self/status has no {field}")
 
 
-def _memory_child(name: str, preset: str) -> None:
+def _memory_child(name: str, preset: str, memory_format: str) -> None:
     """Body of the subprocess of :func:`measure_memory`; prints one JSON line."""
-    work = Workload(name, preset)
+    work = Workload(name, preset, memory_format)
     torch.manual_seed(0)
     net = work.build()
-    x = torch.randn(work.input_shape)
+    inputs = work.prepare(net, torch.randn(work.input_shape))
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset VmHWM to the current RSS: import-time peaks must not mask the model's
     base = _status_mib("VmRSS")
-    forward(net, x)
+    forward(work, net, inputs)
     after_forward = _status_mib("VmHWM")
-    forward_backward(work, net, x)
+    forward_backward(work, net, inputs)
     print(json.dumps({"forward_mib": after_forward - base, "train_mib": _status_mib("VmHWM") - base, "base_mib": base}))
 
 
 def profile(work: Workload, rows: int = 15) -> None:
     """Print the operators taking the most time in a forward and in a forward + backward."""
     torch.manual_seed(0)
-    net, x = work.build(), torch.randn(work.input_shape)
-    forward(net, x)
+    net = work.build()
+    x = work.prepare(net, torch.randn(work.input_shape))
+    forward(work, net, x)
     forward_backward(work, net, x)
     for label, run in (
-        ("forward", lambda: forward(net, x)),
+        ("forward", lambda: forward(work, net, x)),
         ("forward+backward", lambda: forward_backward(work, net, x)),
     ):
         with torch.profiler.profile() as prof:
@@ -176,17 +220,20 @@ def profile(work: Workload, rows: int = 15) -> None:
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
 
 
-def run_preset(preset: str, names: list[str], repeats: int, threads: int, memory: bool) -> dict[str, Any]:
+def run_preset(
+    preset: str, names: list[str], repeats: int, threads: int, memory: bool, memory_format: str = "channels_last"
+) -> dict[str, Any]:
     """Interleaved timing of ``names`` (the encoder first), MAC counts and memory; returns the JSON entry."""
-    works = [Workload(n, preset) for n in names]
+    works = [Workload(n, preset, memory_format) for n in names]
     torch.manual_seed(0)
     nets = {w.name: w.build() for w in works}
     x = torch.randn(works[0].input_shape)
+    inputs = {w.name: w.prepare(nets[w.name], x) for w in works}
     times: dict[str, dict[str, list[float]]] = {w.name: {"forward": [], "train": []} for w in works}
     for round_ in range(repeats + 1):  # round 0 warms up (oneDNN primitives, allocator)
         for w in works:
-            t_fwd = forward(nets[w.name], x)
-            t_fb = forward_backward(w, nets[w.name], x)
+            t_fwd = forward(w, nets[w.name], inputs[w.name])
+            t_fb = forward_backward(w, nets[w.name], inputs[w.name])
             if round_:
                 times[w.name]["forward"].append(t_fwd)
                 times[w.name]["train"].append(t_fb)
@@ -213,6 +260,7 @@ def run_preset(preset: str, names: list[str], repeats: int, threads: int, memory
         "input": list(works[0].input_shape),
         "repeats": repeats,
         "threads": threads,
+        "memory_format": memory_format,
         "torch": torch.__version__,
         "machine": platform.processor() or platform.machine(),
         "load_average": list(_load_average()),
@@ -252,7 +300,8 @@ def format_table(entry: dict[str, Any]) -> str:
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in entry["rows"]:
-        flag = " ⚠" if min(r["forward_mac_per_s_ratio"], r["train_mac_per_s_ratio"]) < GOAL else ""
+        below = min(r["forward_mac_per_s_ratio"], r["train_mac_per_s_ratio"]) < GOAL
+        flag = " ⚠" if below and r["model"] != STAGE3_CACHED else ""  # MAC/s of a (B, 30) x (30, 2) product: n/a
         lines.append(
             f"| {r['model']}{flag} | {r['mac_forward'] / 1e9:.2f} | {r['mac_train'] / 1e9:.2f} | "
             f"{r['forward_mac_ratio']:.2f} | {r['forward_s']:.3f} | {r['forward_time_ratio']:.2f} | "
@@ -264,13 +313,13 @@ def format_table(entry: dict[str, Any]) -> str:
 
 
 def _default_models() -> list[str]:
-    """The encoder, every model name but the alias ``um_protoshare`` (E2's configuration), stage-1 E2."""
+    """The encoder, every model name but the alias ``um_protoshare`` (E2's configuration), E2's stage rows."""
     assert MODEL_CONFIGURATIONS[ALIAS] is MODEL_CONFIGURATIONS["um_protoshare_e2"]
-    return [ENCODER, *(n for n in model_names() if n != ALIAS), STAGE1]
+    return [ENCODER, *(n for n in model_names() if n != ALIAS), *STAGE_ROWS]
 
 
 def _parse_models(text: str | None) -> list[str]:
-    valid = [ENCODER, *model_names(), STAGE1]
+    valid = [ENCODER, *model_names(), *STAGE_ROWS]
     names = _default_models() if text is None else [n.strip() for n in text.split(",") if n.strip()]
     unknown = sorted(set(names) - set(valid))
     if unknown:
@@ -283,8 +332,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--preset", choices=["paper", "cpu_small", "both"], default="cpu_small")
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds after one warm-up round (median)")
     parser.add_argument(
-        "--models", help=f"comma-separated subset of: {ENCODER}, model names, {STAGE1} (default: all but aliases)"
+        "--models", help=f"comma-separated subset of: {ENCODER}, model names, {', '.join(STAGE_ROWS)} (default: all)"
     )
+    parser.add_argument("--memory-format", choices=sorted(MEMORY_FORMATS), default="channels_last")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--profile", help="print the top operators of these comma-separated models instead")
@@ -296,20 +346,23 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     presets = ["paper", "cpu_small"] if args.preset == "both" else [args.preset]
     if args._memory:
-        _memory_child(args._memory, args.preset)
+        _memory_child(args._memory, args.preset, args.memory_format)
         return
     if args.profile:
         for preset in presets:
             for name in _parse_models(args.profile)[args.profile.split(",")[0].strip() != ENCODER :]:
-                profile(Workload(name, preset))
+                profile(Workload(name, preset, args.memory_format))
         return
     names = _parse_models(args.models)
     results = json.loads(args.output.read_text()) if args.output.is_file() else {}
     for preset in presets:
-        entry = run_preset(preset, names, args.repeats, args.threads, not args.no_memory)
+        entry = run_preset(preset, names, args.repeats, args.threads, not args.no_memory, args.memory_format)
         results[preset] = entry
         write_json(args.output, results)
-        print(f"\n### {preset}: input {entry['input']}, {args.threads} thread(s), median of {args.repeats}")
+        print(
+            f"\n### {preset}: input {entry['input']}, {args.threads} thread(s), {args.memory_format}, median of "
+            f"{args.repeats}, load average {entry['load_average']}"
+        )
         print(format_table(entry))
 
 

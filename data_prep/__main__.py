@@ -56,8 +56,14 @@ def _overrides(items: list[str]) -> dict[str, str]:
     return overrides
 
 
+def _usage_error(option: str, err: Exception) -> int:
+    """A bad command-line input: one line on stderr naming the option, exit status 2 (no traceback)."""
+    print(f"error: {option}: {err}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; return the exit status (1 when a case failed)."""
+    """Run the command line; return the exit status (1 when a case failed, 2 for a bad case list or subject id)."""
     parser = argparse.ArgumentParser(prog="python -m data_prep", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log every step")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -98,18 +104,24 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
     if args.command == "prepare":
-        case = CaseSpec(
-            args.subject,
-            dicom=args.dicom,
-            nifti=dict(zip(SEQUENCES, args.nifti, strict=True)) if args.nifti else None,
-            grade=args.grade,
-            overrides=_overrides(args.series),
-        )
+        try:
+            case = CaseSpec(
+                args.subject,
+                dicom=args.dicom,
+                nifti=dict(zip(SEQUENCES, args.nifti, strict=True)) if args.nifti else None,
+                grade=args.grade,
+                overrides=_overrides(args.series),
+            )
+        except ValueError as err:
+            return _usage_error("--subject", err)
         summary = run_batch(
             [case], args.out, _options(args, overwrite=args.overwrite), workers=1, resume=not args.overwrite
         )
     elif args.command == "batch":
-        cases = cases_from_study_root(args.studies) if args.studies else cases_from_manifest(args.manifest)
+        try:
+            cases = cases_from_study_root(args.studies) if args.studies else cases_from_manifest(args.manifest)
+        except (FileNotFoundError, ValueError) as err:
+            return _usage_error("--studies" if args.studies else "--manifest", err)
         summary = run_batch(cases, args.out, _options(args), workers=args.workers, resume=not args.no_resume)
     elif args.command == "to-original":
         image = map_to_original(

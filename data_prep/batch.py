@@ -17,6 +17,7 @@ from __future__ import annotations
 import concurrent.futures
 import csv
 import dataclasses
+import io
 import logging
 import multiprocessing
 import os
@@ -111,30 +112,42 @@ def cases_from_manifest(path: str | Path) -> list[CaseSpec]:
 
     Raises:
         FileNotFoundError: the manifest does not exist.
-        ValueError: a row lacks ``subject_id`` or inputs, naming the line.
+        ValueError: not UTF-8 text, no ``subject_id`` column, no case row, or a row that lacks ``subject_id`` or
+            inputs (naming the line).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"manifest {path} does not exist")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"manifest {path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    header = [name.strip() for name in reader.fieldnames or []]
+    if "subject_id" not in header:
+        raise ValueError(
+            f"manifest {path} has no subject_id column; expected subject_id and dicom or {', '.join(SEQUENCES)}"
+            f" (header: {', '.join(header) or 'none, the file is empty'})"
+        )
     cases = []
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        for row in reader:
-            row = {key.strip(): (value or "").strip() for key, value in row.items() if key}
-            where = f"{path} line {reader.line_num}"
-            if not row.get("subject_id"):
-                raise ValueError(f"{where}: empty subject_id")
-            grade = row.get("grade") or UNKNOWN_GRADE
-            overrides = {s: row[f"{s}_series"] for s in SEQUENCES if row.get(f"{s}_series")}
-            if row.get("dicom"):
-                cases.append(
-                    CaseSpec(row["subject_id"], dicom=path.parent / row["dicom"], grade=grade, overrides=overrides)
-                )
-            elif all(row.get(s) for s in SEQUENCES):
-                nifti = {s: path.parent / row[s] for s in SEQUENCES}
-                cases.append(CaseSpec(row["subject_id"], nifti=nifti, grade=grade))
-            else:
-                raise ValueError(f"{where}: needs a 'dicom' folder or all of the columns {', '.join(SEQUENCES)}")
+    for row in reader:
+        row = {key.strip(): (value or "").strip() for key, value in row.items() if key}
+        where = f"{path} line {reader.line_num}"
+        if not row.get("subject_id"):
+            raise ValueError(f"{where}: empty subject_id")
+        grade = row.get("grade") or UNKNOWN_GRADE
+        overrides = {s: row[f"{s}_series"] for s in SEQUENCES if row.get(f"{s}_series")}
+        if row.get("dicom"):
+            cases.append(
+                CaseSpec(row["subject_id"], dicom=path.parent / row["dicom"], grade=grade, overrides=overrides)
+            )
+        elif all(row.get(s) for s in SEQUENCES):
+            nifti = {s: path.parent / row[s] for s in SEQUENCES}
+            cases.append(CaseSpec(row["subject_id"], nifti=nifti, grade=grade))
+        else:
+            raise ValueError(f"{where}: needs a 'dicom' folder or all of the columns {', '.join(SEQUENCES)}")
+    if not cases:
+        raise ValueError(f"manifest {path} has no case rows; expected one row per case under its header")
     return cases
 
 

@@ -168,7 +168,8 @@ def prepare_nifti_case(
     Raises:
         KeyError: a sequence is missing from ``paths`` or an unknown one is given.
         FileNotFoundError: a file does not exist.
-        ValueError: unreadable or non-3-D volume, failed quality check, existing case without ``overwrite``.
+        ValueError: unreadable, non-3-D, non-finite or all-zero volume, failed quality check, existing case
+            without ``overwrite``.
     """
     check_subject_id(subject_id)
     if set(paths) != set(SEQUENCES):
@@ -198,8 +199,21 @@ def _read_volume(path: Path, sequence: str, subject: str) -> tuple[sitk.Image, d
         image = image[:, :, :, 0]
     if image.GetDimension() != 3:
         raise ValueError(f"{subject}: {sequence} file {path} must be a 3-D volume; received size {image.GetSize()}")
+    # ITK reads a truncated .nii.gz without complaint and turns NaN into numbers: check the voxels with nibabel.
+    try:
+        nifti = nib.load(path)
+        voxels = np.asanyarray(nifti.dataobj)
+    except Exception as err:  # noqa: BLE001 - any failure means the file cannot be trusted
+        raise ValueError(
+            f"{subject}: {sequence} file {path} is truncated or corrupt ({type(err).__name__}: {err})"
+        ) from err
+    n_bad = int(np.count_nonzero(~np.isfinite(voxels))) if voxels.dtype.kind in "fc" else 0
+    if n_bad:
+        raise ValueError(f"{subject}: {sequence} file {path} has {n_bad} NaN/Inf voxel(s); expected finite intensities")
+    if not voxels.any():
+        raise ValueError(f"{subject}: {sequence} file {path} has only 0 voxels; expected an image of the head or brain")
     affine_lps = index_affine_lps(image)
-    header_affine = nib.load(path).affine
+    header_affine = nifti.affine
     if not np.allclose(header_affine, LPS_TO_RAS @ affine_lps, atol=1e-3):
         # Only when qform and sform disagree: SimpleITK's reading is the one the record stores.
         logger.warning("%s: %s qform/sform disagree; using SimpleITK's %s", subject, sequence, LPS_TO_RAS @ affine_lps)

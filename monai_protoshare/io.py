@@ -2,12 +2,14 @@
 
 Every writer in the project goes through :func:`atomic_path`: the content is written to a temporary
 file in the destination folder, flushed to disk, then renamed over the final name (``os.replace`` is
-atomic on POSIX and Windows within one file system).
+atomic on POSIX and Windows within one file system). A process killed mid-write leaves only a hidden
+temporary file, which :func:`remove_stale_temporaries` deletes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import tempfile
@@ -15,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "write_json", "write_text"]
+__all__ = ["atomic_path", "remove_stale_temporaries", "write_json", "write_text"]
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -49,6 +51,20 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files :func:`atomic_path` left next to ``path`` when its process was killed mid-write.
+
+    Only call it where no other process may be writing ``path`` at the same moment (e.g. a run's own checkpoint
+    at its start). Returns the deleted files.
+    """
+    path = Path(path)
+    pattern = f".{glob.escape(path.stem)}.*.tmp{glob.escape(''.join(path.suffixes))}"
+    stale = sorted(path.parent.glob(pattern))
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return stale
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

@@ -13,11 +13,13 @@ with absolute paths, channel order [T1, T1-CE, T2, FLAIR] and ``label`` 0 = LGG,
 Every case is validated in one pass, and every problem is reported at once (nnU-Net's
 ``verify_dataset_integrity`` does the same): missing, unreadable, truncated or non-NIfTI files, images that
 are not 3-D, sequences and segmentation whose shapes or affines disagree, singular or non-finite affines,
-NaN/Inf voxels, segmentation labels outside {0, 1, 2, 4}, unknown grades, duplicate ids, csv rows without a
-folder and folders without a row, and an empty, non-UTF-8 or incomplete csv. Headers are checked first;
-voxel data (slow: 369 cases x 5 files) is then read in a thread pool, and each file that passes is recorded
-in a small JSON cache keyed by (path, size, modification time), next to the data or, when that folder is
-read-only, in the user cache folder, so a second call reads no voxels.
+NaN/Inf voxels, sequences whose voxels are all 0, segmentation labels outside {0, 1, 2, 4}, unknown grades,
+duplicate ids, csv rows without a folder and folders without a row, and an empty, non-UTF-8 or incomplete
+csv. Headers are checked first; voxel data (slow: 369 cases x 5 files) is then read in a thread pool, and
+each file that passes is recorded in a small JSON cache keyed by (path, size, modification time), next to the
+data or, when that folder is read-only, in the user cache folder, so a second call reads no voxels.
+:func:`validate_datalist` applies the same file checks to a datalist that does not come from a BraTS folder
+(a datalist JSON, a folder of case folders).
 
 Example:
     >>> from monai_protoshare.data.brats import load_brats_datalist
@@ -37,7 +39,7 @@ import os
 import re
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +59,7 @@ __all__ = [
     "BratsProblem",
     "find_dataset_root",
     "load_brats_datalist",
+    "validate_datalist",
 ]
 
 logger = logging.getLogger(__name__)
@@ -74,7 +77,7 @@ NAME_MAPPING = "name_mapping.csv"
 GRADE_COLUMN, ID_COLUMN = "Grade", "BraTS_2020_subject_ID"
 _COLUMNS = (GRADE_COLUMN, ID_COLUMN)  # the columns the reader needs (the release has six)
 CACHE_NAME = ".monai_protoshare_validation.json"
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: sequences whose voxels are all 0 are rejected
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
 _SEARCH_DEPTH = 3  # levels below ``root`` searched for name_mapping.csv (the Kaggle copy needs 2)
 _AFFINE_ATOL_MM = 1e-3
@@ -213,23 +216,8 @@ def load_brats_datalist(
     if cache:
         _save_cache(data_root, cache_data, infos)
 
-    order: dict[str, int] = {}
-    for case in cases:
-        order.setdefault(case.subject, case.row)
-    problems = sorted(set(problems), key=lambda p: (order.get(p.subject, 1 << 30), p.subject, p.file, p.problem))
-    bad = {p.subject for p in problems}
+    bad = _raise_or_skip(data_root, cases, problems, skip_bad)
     good = [c for c in cases if c.subject not in bad]
-    if problems and not skip_bad:
-        raise BratsDatasetError(data_root, problems, "Fix or remove these cases, or pass skip_bad=True to drop them.")
-    if problems:
-        if not good:
-            raise BratsDatasetError(data_root, problems, "No valid case is left after skipping the bad ones.")
-        logger.warning(
-            "Skipping %d bad case(s) of %s (subject | file | problem):\n%s",
-            len({c.subject for c in cases} & bad),
-            data_root,
-            "\n".join(f"  {p}" for p in problems),
-        )
     logger.info("BraTS datalist: %d case(s) from %s in %.1f s.", len(good), data_root, time.perf_counter() - start)
     return [
         {
@@ -240,6 +228,85 @@ def load_brats_datalist(
         }
         for c in good
     ]
+
+
+def validate_datalist(
+    datalist: Sequence[Mapping[str, Any]],
+    source: str | os.PathLike = "datalist",
+    *,
+    skip_bad: bool = False,
+    voxels: bool = True,
+    workers: int | None = None,
+) -> list[Mapping[str, Any]]:
+    """The reader's file checks for a datalist that does not come from a BraTS folder.
+
+    For a MONAI datalist JSON or a folder of case folders (inference), whose files no ``name_mapping.csv``
+    vouches for. Each item needs ``subject_id`` and ``image`` (four paths [T1, T1-CE, T2, FLAIR]); a ``seg``
+    path is checked when present. Every problem is found in one pass: missing, unreadable, truncated or
+    non-NIfTI files, images that are not 3-D, singular or non-finite affines, files of one case whose shapes or
+    affines disagree, NaN/Inf voxels, sequences whose voxels are all 0, segmentation labels outside
+    {0, 1, 2, 4}, duplicate subject ids.
+
+    Args:
+        datalist: the items.
+        source: where the datalist came from (named in the error).
+        skip_bad: drop the items with problems and log one warning listing them, instead of raising.
+        voxels: also read the voxel data (truncation, NaN/Inf, empty sequences, labels); ``False`` checks the
+            headers alone (fast).
+        workers: threads reading voxel data; default ``min(8, cpu_count)``.
+
+    Returns:
+        The good items, unchanged and in order.
+
+    Raises:
+        BratsDatasetError: listing every problem as subject / file / problem (with ``skip_bad``, only when no
+            item is left).
+    """
+    cases, problems = [], []
+    for position, item in enumerate(datalist):
+        case = _Case(str(item.get("subject_id") or f"(item {position + 1})"), position, "")
+        cases.append(case)
+        paths = item.get("image")
+        if isinstance(paths, (str, bytes, os.PathLike)) or not isinstance(paths, Sequence) or len(paths) != 4:
+            problem = f"expected four paths [T1, T1-CE, T2, FLAIR], got {paths!r}"
+            problems.append(BratsProblem(case.subject, "image", problem))
+            continue
+        for kind, path in [*zip(SEQUENCES, paths), *([("seg", item["seg"])] if item.get("seg") else [])]:
+            path = Path(str(path)).expanduser()
+            if path.is_file():
+                case.files[kind] = path.resolve()
+            else:
+                problems.append(BratsProblem(case.subject, path.name, f"missing {kind} file {path}"))
+    for sid, count in Counter(c.subject for c in cases).items():
+        if count > 1:
+            problems.append(BratsProblem(sid, "subject_id", f"duplicate id ({count} items); expected unique ids"))
+    infos, header_problems, to_read = _read_headers(Path(os.sep), cases, {}, workers)
+    problems += header_problems + (_read_voxels(to_read, infos, workers) if voxels else [])
+    problems += _check_consistency(cases, infos)
+    bad = _raise_or_skip(Path(source), cases, problems, skip_bad)
+    return [item for item, case in zip(datalist, cases, strict=True) if case.subject not in bad]
+
+
+def _raise_or_skip(root: Path, cases: list[_Case], problems: list[BratsProblem], skip_bad: bool) -> set[str]:
+    """Raise one :class:`BratsDatasetError` listing ``problems`` in case order, or with ``skip_bad`` log them in one
+    warning; return the subjects with problems."""
+    order: dict[str, int] = {}
+    for case in cases:
+        order.setdefault(case.subject, case.row)
+    problems = sorted(set(problems), key=lambda p: (order.get(p.subject, 1 << 30), p.subject, p.file, p.problem))
+    bad = {p.subject for p in problems}
+    if problems and not skip_bad:
+        raise BratsDatasetError(root, problems, "Fix or remove these cases, or pass skip_bad=True to drop them.")
+    if problems:
+        if not any(c.subject not in bad for c in cases):
+            raise BratsDatasetError(root, problems, "No valid case is left after skipping the bad ones.")
+        logger.warning(
+            "Skipping %d bad case(s) of %s (subject | file | problem):\n%s",
+            len({c.subject for c in cases} & bad),
+            root,
+            "\n".join(f"  {p}" for p in problems),
+        )
+    return bad
 
 
 def _read_table(path: Path) -> tuple[list[_Case], list[BratsProblem]]:
@@ -408,10 +475,13 @@ def _check_voxels(job: tuple[str, Path]) -> str | None:
         if bad.any():
             values = ", ".join(f"{v:g}" for v in np.unique(data[bad])[:8])
             return f"{int(bad.sum())} voxel(s) with labels {values} outside {{0, 1, 2, 4}}"
-    elif data.dtype.kind in "fc":
-        n_bad = int(np.count_nonzero(~np.isfinite(data)))
-        if n_bad:
-            return f"{n_bad} NaN/Inf voxel(s)"
+    else:
+        if data.dtype.kind in "fc":
+            n_bad = int(np.count_nonzero(~np.isfinite(data)))
+            if n_bad:
+                return f"{n_bad} NaN/Inf voxel(s)"
+        if not data.any():  # an empty export: preprocessing would find no brain to crop and normalise
+            return "all voxels are 0; expected an image of the brain"
     return None
 
 

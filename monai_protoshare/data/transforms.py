@@ -2,8 +2,8 @@
 
 Preprocessing (:func:`preprocessing_transforms`), for an item of :func:`~monai_protoshare.data.brats.load_brats_datalist`:
 
-1. ``LoadImaged`` + ``EnsureChannelFirstd``: the four sequence files stacked as channels [T1, T1-CE, T2, FLAIR]
-   (4, X, Y, Z) float32, the segmentation (1, X, Y, Z).
+1. :class:`LoadSequencesd` (``LoadImaged`` naming the file of a bad input) + ``EnsureChannelFirstd``: the four
+   sequence files stacked as channels [T1, T1-CE, T2, FLAIR] (4, X, Y, Z) float32, the segmentation (1, X, Y, Z).
 2. ``Orientationd("RAS")``.
 3. ``CropForegroundd`` to the bounding box of the non-zero voxels of any sequence (the skull-stripped brain),
    done before resampling because it is cheaper on fewer voxels.
@@ -36,7 +36,9 @@ Example:
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -65,9 +67,12 @@ from monai.transforms import (
     ResizeWithPadOrCropd,
     Spacingd,
 )
-from monai.utils import MAX_SEED, ensure_tuple_rep, look_up_option
+from monai.utils import MAX_SEED, ensure_tuple, ensure_tuple_rep, look_up_option
+
+from .brats import BratsDatasetError, validate_datalist
 
 __all__ = [
+    "LoadSequencesd",
     "RandChannelwised",
     "WholeTumourMaskd",
     "augmentation_transforms",
@@ -76,6 +81,7 @@ __all__ = [
     "preprocessing_transforms",
     "to_native_space",
     "train_transforms",
+    "transform_error",
 ]
 
 _INTERPOLATION = ("linear", "nearest")
@@ -86,6 +92,69 @@ _RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 def _is_nonzero(image: torch.Tensor) -> torch.Tensor:
     """Foreground of a skull-stripped image: every non-zero voxel (a module function, so it pickles)."""
     return image != 0
+
+
+class LoadSequencesd(LoadImaged):
+    """``LoadImaged`` (nibabel, float32) that checks its files and names the file of a bad input.
+
+    Preprocessing also runs on files that no reader validated (a datalist JSON, the Deploy and Label apps). Before
+    loading, the headers of all the files under ``keys`` are checked together
+    (:func:`~monai_protoshare.data.brats.validate_datalist` with ``voxels=False``: readable, 3-D, finite and
+    non-singular affine, one shape and one affine for all); a file whose voxels cannot be read (truncated) is
+    found by the reader's voxel checks; after loading, every sequence of ``image_key`` must be finite and not
+    all 0. Each failure is a ``ValueError`` naming the subject, the file and the problem (inside a ``Compose``
+    MONAI raises it as the cause of its own ``RuntimeError``; :func:`transform_error` gets it back).
+
+    Args:
+        keys: ``image_key`` (a list of four sequence paths) and optionally the segmentation's key.
+        image_key: key of the sequences [T1, T1-CE, T2, FLAIR].
+        id_key: key of the subject id named in errors.
+    """
+
+    def __init__(self, keys: KeysCollection, image_key: str = "image", id_key: str = "subject_id") -> None:
+        super().__init__(keys, reader="NibabelReader", image_only=True, dtype=np.float32)
+        self.image_key, self.id_key = image_key, id_key
+
+    def __call__(self, data: Mapping[Hashable, Any], reader=None) -> dict[Hashable, Any]:
+        files = {key: list(ensure_tuple(data[key])) for key in self.key_iterator(dict(data))}
+        images = files.get(self.image_key, [])
+        if len(images) != 4 or not all(isinstance(p, (str, os.PathLike)) for f in files.values() for p in f):
+            return super().__call__(data, reader)  # not four sequence files: MONAI's loading alone
+        subject = str(data.get(self.id_key, Path(images[0]).parent.name))
+        seg = next((f[0] for key, f in files.items() if key != self.image_key and f), None)
+        case = {"subject_id": subject, "image": images, "seg": seg}
+        self._check(case, voxels=False)
+        try:
+            d = super().__call__(data, reader)
+        except Exception:
+            self._check(case, voxels=True)  # names the file whose voxels cannot be read
+            raise
+        problems = []
+        for path, channel in zip(images, d[self.image_key], strict=True):
+            n_bad = int((~torch.isfinite(channel)).sum())
+            if n_bad:
+                problems.append(f"{Path(path).name}: {n_bad} NaN/Inf voxel(s)")
+            elif not channel.any():
+                problems.append(f"{Path(path).name}: all voxels are 0; expected an image of the brain")
+        if problems:
+            raise ValueError(f"{subject}: cannot preprocess: {'; '.join(problems)}.")
+        return d
+
+    @staticmethod
+    def _check(case: dict[str, Any], voxels: bool) -> None:
+        try:
+            validate_datalist([case], case["subject_id"], voxels=voxels, workers=1)
+        except BratsDatasetError as err:
+            found = "; ".join(f"{p.file}: {p.problem}" for p in err.problems)
+            raise ValueError(f"{case['subject_id']}: cannot preprocess: {found}.") from None
+
+
+def transform_error(error: BaseException) -> BaseException:
+    """The error a transform raised, without the ``RuntimeError("applying transform ...")`` wrappers of MONAI's
+    ``Compose`` (whose messages name only the transform object)."""
+    while isinstance(error, RuntimeError) and str(error).startswith("applying transform") and error.__cause__:
+        error = error.__cause__
+    return error
 
 
 class WholeTumourMaskd(MapTransform):
@@ -192,7 +261,7 @@ def preprocessing_transforms(
     keys = [image_key, seg_key] if with_seg else [image_key]
     modes = ["bilinear", "nearest"][: len(keys)]
     transforms = [
-        LoadImaged(keys, reader="NibabelReader", image_only=True, dtype=np.float32),
+        LoadSequencesd(keys, image_key=image_key),
         EnsureChannelFirstd(keys),
         Orientationd(keys, axcodes="RAS", labels=_RAS_LABELS),
         CropForegroundd(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from enum import Enum
 
@@ -41,11 +42,15 @@ class TrainingSchedule:
     classifier_epochs: int = 10
 
     def __post_init__(self) -> None:
-        for name in ("warmup_epochs", "latent_epochs", "classifier_epochs"):
-            if int(getattr(self, name)) < 0:
-                raise ValueError(f"{name} must be >= 0; got {getattr(self, name)}.")
-        if int(self.push_interval) < 1:
-            raise ValueError(f"push_interval must be >= 1; got {self.push_interval}.")
+        for name, minimum in (
+            ("warmup_epochs", 0),
+            ("latent_epochs", 0),
+            ("push_interval", 1),
+            ("classifier_epochs", 0),
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+                raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}.")
         if self.warmup_epochs + self.latent_epochs == 0:
             raise ValueError("the schedule is empty: warmup_epochs and latent_epochs are both 0.")
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from ignite.engine import Events
 
-from ..io import atomic_path
+from ..io import atomic_path, remove_stale_temporaries
 
 __all__ = ["RNGState", "TrainingCheckpointHandler"]
 
@@ -49,7 +49,8 @@ class TrainingCheckpointHandler:
 
     ``<save_dir>/checkpoint.pt`` holds the state dicts of ``objects`` (network, optimisers, schedulers,
     warm-up head, the trainer's epoch/iteration) and RNG states; it is written to a temporary file and
-    renamed, so a kill during the write leaves the previous checkpoint intact. At ``COMPLETED``
+    renamed, so a kill during the write leaves the previous checkpoint intact (the next run deletes the
+    temporary file at ``STARTED``). At ``COMPLETED``
     ``<save_dir>/model.pt`` receives the network's state dict alone (the bundle's model file). Files are
     loaded with ``torch.load(weights_only=True)``: a checkpoint cannot execute code.
 
@@ -89,6 +90,10 @@ class TrainingCheckpointHandler:
         engine.add_event_handler(Events.COMPLETED, self.save_model)
 
     def load(self, engine) -> None:
+        if self.rank == 0:  # what a killed write left behind (the files under their final names are intact)
+            for name in (CHECKPOINT_NAME, MODEL_NAME):
+                for stale in remove_stale_temporaries(self.save_dir / name):
+                    logger.info("removed %s, left by a run killed while writing %s", stale.name, name)
         if not (self.resume and self.checkpoint_path.is_file()):
             return
         try:

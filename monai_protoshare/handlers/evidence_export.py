@@ -108,7 +108,11 @@ class EvidenceExportHandler:
         todo = []
         for position, item in enumerate(items):
             subject = str(item.get(self.id_key, f"iteration{engine.state.iteration}_case{position}"))
-            if not self.overwrite and is_exported(self.output_dir, subject):
+            try:
+                if not self.overwrite and is_exported(self.output_dir, subject):
+                    continue
+            except ValueError as err:  # an id that cannot name a case folder: reported, the evaluation goes on
+                self._fail(subject, f"{type(err).__name__}: {err}")
                 continue
             if not isinstance(item.get(self.image_key), MetaTensor) or not item[self.image_key].applied_operations:
                 self._fail(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import torch
 import torch.distributed as dist
 from ignite.engine import Events
 from torch import nn
@@ -101,7 +102,10 @@ class TrainingStageHandler:
         if cached:
             return
         if engine.classifier_cache is None:  # resumed inside a stage-3 block
-            engine.classifier_cache = similarity_pass(engine.network, engine.push_data_loader, engine.state.device)
+            # a data loader draws its base seed from torch's generator: keep the state the epoch was seeded with,
+            # or the resumed epoch would shuffle differently from the uninterrupted one
+            with torch.random.fork_rng(devices=[]):
+                engine.classifier_cache = similarity_pass(engine.network, engine.push_data_loader, engine.state.device)
         similarities, labels = engine.classifier_cache
         batch_size = getattr(engine.data_loader, "batch_size", None) or 1
         engine.set_data(SimilarityBatches(similarities, labels, batch_size, engine.state.epoch_length))

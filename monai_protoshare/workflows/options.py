@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +26,18 @@ logger = logging.getLogger(__name__)
 
 
 class BundleOptionError(SystemExit):
-    """A bad bundle option: ``str(err)`` is the one-line message, ``err.option`` the option's name."""
+    """A bad bundle option: ``str(err)`` is the one-line message, ``err.option`` the option's name.
+
+    The message is written to stderr when the error is created: Python prints nothing for a ``SystemExit`` whose
+    code is an integer, so without it ``python -m monai.bundle run`` would end with status 2 and no word why.
+    """
 
     def __init__(self, option: str, message: str) -> None:
         self.option = option
         self.message = f"error: {option}: {message}"
         super().__init__(self.message)
         self.code = 2
+        sys.stderr.write(self.message + "\n")
 
     def __str__(self) -> str:
         return self.message
@@ -89,7 +95,11 @@ def load_network_weights(network: nn.Module, path: str | os.PathLike, option: st
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated file, a pickle with code in it, not a torch file, ...
-        raise BundleOptionError(option, f"cannot load '{path}' as weights: {str(err).splitlines()[0]}") from None
+        raise BundleOptionError(
+            option,
+            f"cannot load '{path}' as weights (expected a state dict saved with torch.save, e.g. a run's model.pt): "
+            f"{str(err).splitlines()[0] if str(err).strip() else type(err).__name__}",
+        ) from None
     if isinstance(state, dict) and "network" in state and isinstance(state["network"], dict):
         state = state["network"]
     if not isinstance(state, dict):

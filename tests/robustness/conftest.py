@@ -29,10 +29,13 @@ from monai_protoshare.data import brats
 from monai_protoshare.data.synthetic import generate_cohort
 from tests.bundles.conftest import TINY, tiny_overrides  # noqa: F401 - re-exported to the robustness tests
 
+REPO = Path(__file__).resolve().parents[2]
 #: Voxel size of the base cohort: 20 x 20 x 13 voxels over the BraTS field of view (a few kB a file).
 SPACING = 12.0
 SEQUENCES = ("t1", "t1ce", "t2", "flair")
 _TABLE_ENV = "ROBUSTNESS_CORPUS_TABLE"
+_MONAI_WRAPPERS = ("applying transform", "Failed to instantiate", "Failed to evaluate")
+_HINTS = ("Fix or remove", "Fix name_mapping", "No valid case")
 _ROWS: list[tuple[str, str, str]] = []
 
 
@@ -61,10 +64,11 @@ def expect_failure(
     chain = causes(info.value)
     text = "\n".join(str(e) for e in chain)
     assert re.search(match, text, re.DOTALL), f"{case}: {match!r} not in {text!r}"
-    root = chain[-1]
-    outcome = f"{type(root).__name__}: {first_lines(str(root))}"
-    if root is not info.value:
-        outcome = f"{type(info.value).__name__} (MONAI wrapper) from {outcome}"
+    wrappers = [e for e in chain if str(e).startswith(_MONAI_WRAPPERS)]
+    shown = next((e for e in chain if e not in wrappers), chain[-1])
+    outcome = f"{type(shown).__name__}: {first_lines(str(shown))}"
+    if wrappers:
+        outcome = f"{type(info.value).__name__} (MONAI's wrapper) from {outcome}"
     record(case, component, outcome)
     return info.value
 
@@ -77,10 +81,14 @@ def causes(error: BaseException) -> list[BaseException]:
     return chain
 
 
-def first_lines(message: str, limit: int = 220) -> str:
-    """The message without its header line when it is a multi-line problem list, shortened for the table."""
+def first_lines(message: str, limit: int = 240) -> str:
+    """The message for the table: temporary folders shortened, a problem list without its header and hint."""
+    message = re.sub(r"/tmp/pytest-of-[^/]+/pytest-\d+/[^/\s']+/", "<tmp>/", message)
     lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
-    text = " / ".join(lines[:3])
+    if len(lines) > 1 and lines[0].endswith("(subject | file | problem):"):
+        head = re.sub(r"BraTS dataset at .*?: (\d+ problem\(s\) in \d+ subject\(s\)).*", r"\1:", lines[0])
+        lines = [head, *(line for line in lines[1:] if not line.startswith(_HINTS))]
+    text = " / ".join(lines[:4])
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -92,6 +100,17 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     lines = ["| # | case | component | outcome |", "| --- | --- | --- | --- |"]
     lines += [f"| {i} | {escape(c)} | {escape(k)} | {escape(o)} |" for i, (c, k, o) in enumerate(sorted(_ROWS), 1)]
     Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def project_files(folders, suffixes: tuple[str, ...], names: tuple[str, ...] = ()) -> list[Path]:
+    """Files of the repository's ``folders`` with one of ``suffixes`` (or a name in ``names``), not descending into
+    hidden folders (virtual environments such as deploy/.venv-label, caches) or ``__pycache__``."""
+    found = []
+    for folder in folders:
+        for root, dirs, files in os.walk(REPO / folder):
+            dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__pycache__")
+            found += [Path(root) / f for f in sorted(files) if f.endswith(suffixes) or f in names]
+    return found
 
 
 # ------------------------------------------------------------------ the base cohort and copies of it
@@ -195,12 +214,15 @@ def shifted(path: Path, mm: float = 7.0) -> Path:
 
 
 def with_sform(path: Path, affine: np.ndarray) -> Path:
-    """Store ``affine`` as the sform alone (a qform cannot hold a singular or non-finite matrix)."""
+    """Store ``affine`` as the sform alone, written into the header as is (a qform cannot hold a singular or
+    non-finite matrix, and nibabel would refuse to decompose one)."""
     data, _ = load(path)
-    image = nib.Nifti1Image(data, None)
-    image.set_sform(affine, code=1)
-    image.set_qform(None, code=0)
-    nib.save(image, path)
+    header = nib.Nifti1Image(data, np.eye(4)).header.copy()
+    header.set_qform(None, code=0)
+    header["sform_code"] = 1
+    for row, name in enumerate(("srow_x", "srow_y", "srow_z")):
+        header[name] = affine[row]
+    nib.save(nib.Nifti1Image(data, None, header), path)
     return path
 
 
@@ -255,5 +277,5 @@ def malicious_checkpoint(path: Path, marker: Path) -> Path:
 
 def plain_pickle(path: Path, marker: Path) -> Path:
     """A bare pickle (not a torch zip file) whose unpickling creates ``marker``."""
-    path.write_bytes(pickle.dumps(_CreatesMarker(marker)))
+    path.write_bytes(pickle.dumps(_CreatesMarker(marker), protocol=2))
     return path

@@ -11,7 +11,9 @@ killed with SIGKILL. The pauses are monkeypatched here, in the child process; th
         pause after <subject>'s four volumes are written, before its record
 
 The child writes ``<marker>`` with the pause's name when it reaches the point (and ``<marker>.epoch`` with the
-last completed epoch while training), then sleeps until killed.
+last completed epoch while training), then sleeps until killed. The tests drive the children with :func:`spawn`,
+:func:`run_to_pause`, :func:`run_to_end` and :func:`kill` (SIGKILL to the child's whole process group, its pool
+workers included, like a power cut or an out-of-memory kill).
 """
 
 from __future__ import annotations
@@ -19,15 +21,77 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[2]
+START_TIMEOUT_S = 120
 _PAUSE_SECONDS = 600
 
 
+# ------------------------------------------------------------------ the test's side
+def spawn(*arguments: str) -> subprocess.Popen:
+    """Start ``kill_points <arguments>`` (``arguments[3]`` is the marker); its output goes to ``<marker>.log``."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    with open(f"{arguments[3]}.log", "ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "tests.robustness.kill_points", *arguments],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # one process group: the job and its workers die together
+        )
+
+
+def _log(process: subprocess.Popen) -> str:
+    return Path(f"{process.args[6]}.log").read_text(errors="replace")[-3000:]
+
+
+def kill(process: subprocess.Popen) -> None:
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+
+
+def wait_for(process: subprocess.Popen, condition, what: str) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not condition():
+        if process.poll() is not None:
+            raise AssertionError(f"the job ended (status {process.returncode}) before {what}:\n{_log(process)}")
+        if time.monotonic() > deadline:
+            kill(process)
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def run_to_pause(marker: Path, *arguments: str) -> str:
+    """Start the job, wait until it reports its pause point, SIGKILL it; return the point."""
+    marker.unlink(missing_ok=True)
+    process = spawn(*arguments)
+    wait_for(process, marker.exists, f"the pause at {arguments[4]}")
+    kill(process)
+    return marker.read_text()
+
+
+def run_to_end(*arguments: str) -> None:
+    """Run the job to its end (no pause) and check it succeeded."""
+    process = spawn(*arguments)
+    try:
+        process.wait(timeout=300)
+    finally:
+        if process.poll() is None:
+            kill(process)
+    assert process.returncode == 0, _log(process)
+
+
+# ------------------------------------------------------------------ the child's side
 def _pause(marker: Path, what: str) -> None:
-    marker.write_text(what)
+    tmp = marker.with_name(marker.name + ".tmp")
+    tmp.write_text(what)
+    os.replace(tmp, marker)  # the test never reads a half-written marker
     time.sleep(_PAUSE_SECONDS)
     raise SystemExit(f"not killed within {_PAUSE_SECONDS} s at {what}")
 

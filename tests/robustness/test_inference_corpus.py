@@ -90,7 +90,7 @@ def test_inference_bundle_names_the_bad_case_and_writes_nothing(cases, tmp_path)
     workflow = bundle_workflow(DEFAULT_BUNDLES_DIR / "um_protoshare", ["inference.yaml"], "infer", **values)
     expect_failure("inference bundle on a folder with a truncated case", "bundle inference", BundleOptionError,
                    r"case003 \| case003_t2\.nii\.gz \| unreadable voxel data", workflow.run)  # fmt: skip
-    assert not out.exists()
+    assert not (out / "predictions.csv").exists() and not (out / "evidence").exists()  # nothing for any case
 
 
 def test_evidence_export_reports_bad_cases_in_its_summary_and_exports_every_good_one(cases, tmp_path):

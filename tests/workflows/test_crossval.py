@@ -54,7 +54,17 @@ def test_run_config_is_rebuilt_from_a_bundle_command_line(tmp_path):
 
     train = str(BUNDLES_DIR / "um_protoshare" / "configs" / "train.yaml")
     preset = str(BUNDLES_DIR / "um_protoshare" / "configs" / "presets" / "cpu_small.yaml")
-    argv = ["run", "--config_file", str([train, preset]), "--fold", "3", "--dataset_dir", "/data/x", "--bundle_root", "."]
+    argv = [
+        "run",
+        "--config_file",
+        str([train, preset]),
+        "--fold",
+        "3",
+        "--dataset_dir",
+        "/data/x",
+        "--bundle_root",
+        ".",
+    ]
     config = config_from_argv(argv)
     assert config["fold"] == 3 and config["dataset_dir"] == "/data/x" and config["spatial_size"] == [64, 64, 48]
     assert config_from_argv(["run"]) is None

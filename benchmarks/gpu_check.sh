@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# GPU check (issue 11 item 6): the full-size training step of UM-ProtoShare E2 and MProtoNet at batch 32 with bf16
+# autocast and channels_last_3d on one CUDA GPU (H100/H200/A100), images/s, peak GPU memory, achieved TFLOP/s, and
+# the estimated wall time of the full 5-fold schedule (driver: benchmarks/bench_schedule.py). Installs nothing;
+# designed for one call of at most 8 minutes (the driver skips models once --budget-s is spent; `timeout` stops it).
+#
+#   benchmarks/gpu_check.sh                      # on the CUDA machine
+#   CUDA_VISIBLE_DEVICES= benchmarks/gpu_check.sh --dry-run   # anywhere: CPU, tiny sizes, checks the logic
+#
+# Extra arguments go to bench_schedule.py (e.g. --models um_protoshare_e2 --batch 16). Output: the tables on stdout,
+# JSON in benchmarks/results/gpu_check.json and, when $OUT is set (the device runner's return folder), also in
+# $OUT/gpu_check.json and $OUT/gpu_check.log.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+if [ -x .venv/bin/python ]; then
+    PY=.venv/bin/python
+elif command -v python >/dev/null 2>&1; then
+    PY=python
+elif command -v python3 >/dev/null 2>&1; then
+    PY=python3
+else
+    echo "gpu_check: no Python found (.venv/bin/python, python, python3). Nothing was run." >&2
+    exit 2
+fi
+if ! "$PY" -c "import torch" >/dev/null 2>&1; then
+    echo "gpu_check: torch is not importable with $PY ($("$PY" --version 2>&1)). This script installs nothing:" >&2
+    echo "  carry a virtual environment with a CUDA build of torch (plus monai, pytorch-ignite, nibabel) as .venv," >&2
+    echo "  or run it where one is on PATH. Nothing was run." >&2
+    exit 3
+fi
+if ! "$PY" -c "import monai, ignite" >/dev/null 2>&1; then
+    echo "gpu_check: monai or pytorch-ignite is not importable with $PY; see requirements.txt. Nothing was run." >&2
+    exit 3
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+
+RESULTS=benchmarks/results/gpu_check.json
+LOG=/dev/null
+if [ -n "${OUT:-}" ] && [ -d "$OUT" ]; then
+    LOG="$OUT/gpu_check.log"
+fi
+{
+    date -u
+    "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available())"
+    if command -v nvidia-smi >/dev/null 2>&1; then
+        nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+    fi
+    timeout 470 "$PY" benchmarks/bench_schedule.py --preset paper --models um_protoshare_e2,mprotonet \
+        --steps 4 --warm-steps 2 --push-cases 64 --budget-s 300 --out "$RESULTS" "$@"
+    status=$?
+    [ "$status" -eq 124 ] && echo "gpu_check: stopped by the 470 s timeout; partial results only." >&2
+    if [ -n "${OUT:-}" ] && [ -d "$OUT" ] && [ -f "$RESULTS" ]; then
+        cp "$RESULTS" "$OUT/gpu_check.json"
+    fi
+    exit "$status"
+} 2>&1 | tee "$LOG"
+exit "${PIPESTATUS[0]}"
