@@ -27,6 +27,7 @@ from pathlib import Path
 
 from monai.utils import look_up_option
 
+from monai_protoshare.data.brats import GRADE_COLUMN, ID_COLUMN, NAME_MAPPING, NAME_MAPPING_COLUMNS
 from monai_protoshare.io import write_text
 
 __all__ = [
@@ -44,15 +45,6 @@ __all__ = [
     "update_name_mapping",
 ]
 
-NAME_MAPPING = "name_mapping.csv"
-NAME_MAPPING_COLUMNS = (
-    "Grade",
-    "BraTS_2017_subject_ID",
-    "BraTS_2018_subject_ID",
-    "TCGA_TCIA_subject_ID",
-    "BraTS_2019_subject_ID",
-    "BraTS_2020_subject_ID",
-)
 #: Grade of a case whose histology is not known (the release marks missing values ``NA``).
 UNKNOWN_GRADE = "NA"
 GRADES = ("HGG", "LGG", UNKNOWN_GRADE)
@@ -137,11 +129,11 @@ def update_name_mapping(out_root: str | Path, grades: Mapping[str, str]) -> Path
     rows: dict[str, dict[str, str]] = {}
     if path.is_file():
         for row in csv.DictReader(path.read_text(encoding="utf-8").splitlines()):
-            rows[row["BraTS_2020_subject_ID"]] = {column: row.get(column) or "NA" for column in NAME_MAPPING_COLUMNS}
+            rows[row[ID_COLUMN]] = {column: row.get(column) or "NA" for column in NAME_MAPPING_COLUMNS}
     for subject, grade in grades.items():
         row = {column: "NA" for column in NAME_MAPPING_COLUMNS}
-        row["Grade"] = look_up_option(grade, GRADES)
-        row["BraTS_2020_subject_ID"] = check_subject_id(subject)
+        row[GRADE_COLUMN] = look_up_option(grade, GRADES)
+        row[ID_COLUMN] = check_subject_id(subject)
         rows[subject] = row
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=NAME_MAPPING_COLUMNS, lineterminator="\n")

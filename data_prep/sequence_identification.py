@@ -30,6 +30,8 @@ from typing import Any
 
 from monai.utils import look_up_option
 
+from monai_protoshare.data.brats import SEQUENCES
+
 __all__ = [
     "SEQUENCES",
     "Identification",
@@ -41,8 +43,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: The four sequences, in the project's channel order (DESIGN §3).
-SEQUENCES = ("t1", "t1ce", "t2", "flair")
 NAME_WEIGHT = 0.6
 PHYSICS_WEIGHT = 0.4
 #: Confidence of a T1/T1-CE split made only from acquisition order.

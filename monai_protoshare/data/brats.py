@@ -53,6 +53,7 @@ from monai_protoshare.io import write_json
 __all__ = [
     "GRADE_LABELS",
     "NAME_MAPPING",
+    "NAME_MAPPING_COLUMNS",
     "SEG_LABELS",
     "SEQUENCES",
     "BratsDatasetError",
@@ -74,7 +75,16 @@ UNKNOWN_GRADES = ("NA", "")
 SEG_LABELS = (0, 1, 2, 4)
 #: Name of the release's subject table.
 NAME_MAPPING = "name_mapping.csv"
-GRADE_COLUMN, ID_COLUMN = "Grade", "BraTS_2020_subject_ID"
+#: Header of the release's ``name_mapping.csv``.
+NAME_MAPPING_COLUMNS = (
+    "Grade",
+    "BraTS_2017_subject_ID",
+    "BraTS_2018_subject_ID",
+    "TCGA_TCIA_subject_ID",
+    "BraTS_2019_subject_ID",
+    "BraTS_2020_subject_ID",
+)
+GRADE_COLUMN, ID_COLUMN = NAME_MAPPING_COLUMNS[0], NAME_MAPPING_COLUMNS[-1]
 _COLUMNS = (GRADE_COLUMN, ID_COLUMN)  # the columns the reader needs (the release has six)
 CACHE_NAME = ".monai_protoshare_validation.json"
 _CACHE_VERSION = 2  # 2: sequences whose voxels are all 0 are rejected
@@ -174,6 +184,7 @@ def load_brats_datalist(
     root: str | os.PathLike,
     *,
     skip_bad: bool = False,
+    mark_bad: bool = False,
     cache: bool = True,
     workers: int | None = None,
     labelled: bool = True,
@@ -185,6 +196,10 @@ def load_brats_datalist(
             at most 3 levels below.
         skip_bad: drop the cases with problems and log one warning listing them, instead of raising.
             Problems of the csv itself always raise.
+        mark_bad: keep the cases with problems in the datalist, each with its problems under ``problems`` (a list of
+            ``"file: problem"`` strings), and log one warning listing them, instead of raising: cross-validation
+            folds then split over every subject as usual (evaluation skipping bad held-out cases). A case without
+            a grade still raises (it has no fold); folders without a csv row are only logged.
         cache: read and update the validation cache (see the module docstring).
         workers: threads reading voxel data; default ``min(8, cpu_count)``.
         labelled: require a grade and a segmentation for every case (training and evaluation). With
@@ -216,18 +231,31 @@ def load_brats_datalist(
     if cache:
         _save_cache(data_root, cache_data, infos)
 
-    bad = _raise_or_skip(data_root, cases, problems, skip_bad)
-    good = [c for c in cases if c.subject not in bad]
-    logger.info("BraTS datalist: %d case(s) from %s in %.1f s.", len(good), data_root, time.perf_counter() - start)
-    return [
-        {
-            "image": [str(c.files[s]) for s in SEQUENCES],
+    if mark_bad:
+        found: dict[str, list[str]] = {}
+        for p in problems:
+            found.setdefault(p.subject, []).append(f"{p.file}: {p.problem}")
+        unplaceable = {c.subject for c in cases if c.subject in found and labelled and c.label is None}
+        _raise_or_skip(data_root, cases, [p for p in problems if p.subject in unplaceable], skip_bad=False)
+        _raise_or_skip(data_root, cases, problems, skip_bad=True)
+        kept = cases
+    else:
+        bad = _raise_or_skip(data_root, cases, problems, skip_bad)
+        kept = [c for c in cases if c.subject not in bad]
+        found = {}
+    logger.info("BraTS datalist: %d case(s) from %s in %.1f s.", len(kept), data_root, time.perf_counter() - start)
+    items = []
+    for c in kept:
+        item = {
+            "image": [str(c.files.get(s, data_root / c.subject / f"{c.subject}_{s}.nii.gz")) for s in SEQUENCES],
             "seg": str(c.files["seg"]) if "seg" in c.files else None,
             "label": c.label,
             "subject_id": c.subject,
         }
-        for c in good
-    ]
+        if c.subject in found:
+            item["problems"] = sorted(found[c.subject])
+        items.append(item)
+    return items
 
 
 def validate_datalist(

@@ -66,6 +66,7 @@ import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
+from monai_protoshare.data.brats import NAME_MAPPING, NAME_MAPPING_COLUMNS, SEQUENCES
 from monai_protoshare.io import atomic_path, write_json, write_text
 
 __all__ = [
@@ -84,17 +85,6 @@ logger = logging.getLogger(__name__)
 
 #: Field of view of the BraTS-2020 release (240 x 240 x 155 voxels of 1 mm), in mm.
 BRATS_FOV_MM = (240.0, 240.0, 155.0)
-#: File suffixes of the four sequences, in the channel order of DESIGN §3 ([T1, T1-CE, T2, FLAIR]).
-SEQUENCES = ("t1", "t1ce", "t2", "flair")
-#: Header of the release's ``name_mapping.csv``.
-NAME_MAPPING_COLUMNS = (
-    "Grade",
-    "BraTS_2017_subject_ID",
-    "BraTS_2018_subject_ID",
-    "TCGA_TCIA_subject_ID",
-    "BraTS_2019_subject_ID",
-    "BraTS_2020_subject_ID",
-)
 #: LGG fraction of the release (76 LGG among 369 cases).
 BRATS_LGG_FRACTION = 76 / 369
 
@@ -564,7 +554,7 @@ def generate_cohort(
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(NAME_MAPPING_COLUMNS)
     writer.writerows([c.grade, "NA", "NA", "NA", "NA", c.subject_id] for c in cases)
-    write_text(out / "name_mapping.csv", buffer.getvalue())
+    write_text(out / NAME_MAPPING, buffer.getvalue())
     params = {"n_cases": n_cases, "seed": seed, "lgg_fraction": lgg_fraction, "spacing": spacing}
     params |= {"shape": list(shape), "ambiguous_fraction": ambiguous_fraction}
     write_json(out / "synthetic_cohort.json", {"generator": __name__, **params, "cases": [asdict(c) for c in cases]})

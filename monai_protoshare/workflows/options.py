@@ -20,7 +20,15 @@ from torch import nn
 from ..data.brats import NAME_MAPPING, BratsDatasetError, load_brats_datalist, validate_datalist
 from ..data.splits import fold_datalists
 
-__all__ = ["BundleOptionError", "fold_split", "inference_datalist", "load_datalist", "load_network_weights"]
+__all__ = [
+    "BundleOptionError",
+    "bad_cases",
+    "fold_split",
+    "inference_datalist",
+    "load_datalist",
+    "load_network_weights",
+    "without_bad_cases",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +51,13 @@ class BundleOptionError(SystemExit):
         return self.message
 
 
-def load_datalist(dataset_dir: str | os.PathLike, skip_bad: bool = False) -> list[dict[str, Any]]:
+def load_datalist(
+    dataset_dir: str | os.PathLike, skip_bad: bool = False, mark_bad: bool = False
+) -> list[dict[str, Any]]:
     """The BraTS datalist of ``dataset_dir`` (:func:`~monai_protoshare.data.brats.load_brats_datalist`).
+
+    ``mark_bad`` keeps the bad cases, marked with their ``problems``, so that the folds are those of the whole
+    dataset; :func:`without_bad_cases` and :func:`bad_cases` then separate them (evaluation's ``skip_bad_cases``).
 
     Raises:
         BundleOptionError: ``--dataset_dir`` missing, not a folder, empty or invalid (the reader's list of
@@ -60,12 +73,24 @@ def load_datalist(dataset_dir: str | os.PathLike, skip_bad: bool = False) -> lis
             "--dataset_dir", f"'{path}' is empty (expected BraTS20_Training_* folders and name_mapping.csv)."
         )
     try:
-        datalist = load_brats_datalist(path, skip_bad=skip_bad)
+        datalist = load_brats_datalist(path, skip_bad=skip_bad, mark_bad=mark_bad)
     except (BratsDatasetError, FileNotFoundError, ValueError) as err:
         raise BundleOptionError("--dataset_dir", str(err)) from None
     if not datalist:
         raise BundleOptionError("--dataset_dir", f"'{path}' holds no usable case.")
     return datalist
+
+
+def without_bad_cases(datalist: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The items of ``datalist`` that :func:`load_datalist` did not mark with ``problems``."""
+    return [item for item in datalist if not item.get("problems")]
+
+
+def bad_cases(datalist: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``{"subject_id", "problems"}`` of each item marked with ``problems`` (the summary of the skipped cases)."""
+    return [
+        {"subject_id": item["subject_id"], "problems": item["problems"]} for item in datalist if item.get("problems")
+    ]
 
 
 def fold_split(

@@ -127,6 +127,30 @@ def test_skip_bad_keeps_the_good_case_and_warns_once(broken_cohort, caplog):
     assert len(warnings) == 1 and all(subject in warnings[0].getMessage() for subject in expected)
 
 
+def test_mark_bad_keeps_every_row_in_order_with_the_problems_of_the_bad_ones(tiny_cohort, tmp_path):
+    """Evaluation's skip_bad_cases: the folds need every subject, so bad cases stay, marked with their problems."""
+    root = _copy(tiny_cohort, tmp_path / "c")
+    flair = _nifti_path(root, "BraTS20_Training_003", "flair")
+    flair.write_bytes(flair.read_bytes()[: flair.stat().st_size // 2])
+    clean = load_brats_datalist(tiny_cohort)
+    marked = load_brats_datalist(root, mark_bad=True, cache=False)
+    assert [(m["subject_id"], m["label"]) for m in marked] == [(c["subject_id"], c["label"]) for c in clean]
+    assert [m["subject_id"] for m in marked if "problems" in m] == ["BraTS20_Training_003"]
+    [problem] = marked[2]["problems"]
+    assert problem.startswith("BraTS20_Training_003_flair.nii.gz: ") and "truncated" in problem
+
+
+def test_mark_bad_still_raises_for_a_case_without_a_grade(tiny_cohort, tmp_path):
+    root = _copy(tiny_cohort, tmp_path / "c")
+    table = root / "name_mapping.csv"
+    lines = table.read_text().splitlines()
+    lines[2] = "GBM," + lines[2].split(",", 1)[1]
+    table.write_text("\n".join(lines) + "\n")
+    with pytest.raises(BratsDatasetError, match="unknown grade 'GBM'") as info:
+        load_brats_datalist(root, mark_bad=True, cache=False)
+    assert {p.subject for p in info.value.problems} == {"BraTS20_Training_002"}
+
+
 def test_rows_without_folders_and_folders_without_rows_are_reported(tiny_cohort, tmp_path):
     root = _copy(tiny_cohort, tmp_path / "c")
     shutil.rmtree(root / "BraTS20_Training_002")

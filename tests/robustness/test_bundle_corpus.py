@@ -115,6 +115,34 @@ def test_evaluation_with_a_bad_case_is_an_error_naming_it_never_a_metric_over_fe
     assert not (tmp_path / "fold0" / "metrics.json").exists()
 
 
+def test_evaluation_with_skip_bad_cases_evaluates_the_good_held_out_cases_and_lists_the_bad_ones(
+    cohort10, broken10, tmp_path
+):
+    """``skip_bad_cases: true``: the folds are those of the whole dataset, the bad held-out case is listed in
+    metrics.json's ``skipped`` with its problem, and every good held-out case is evaluated."""
+    import json
+
+    from monai_protoshare.workflows.options import fold_split, load_datalist
+
+    full = load_datalist(cohort10)
+    fold = next(k for k in range(5) if subject(4) in {c["subject_id"] for c in fold_split(full, k)[1]})
+    held_out = [c["subject_id"] for c in fold_split(full, fold)[1]]
+    ckpt = tmp_path / "model.pt"
+    torch.save(build_network("um_protoshare", **{k: TINY[k] for k in _NET[2:]}).state_dict(), ckpt)
+    values = {**TINY, "dataset_dir": str(broken10), "output_dir": str(tmp_path), "ckpt_path": str(ckpt), "fold": fold}
+    _run(["train.yaml", "evaluate.yaml"], skip_bad_cases=True, **values)
+    metrics = json.loads((tmp_path / f"fold{fold}" / "metrics.json").read_text())
+    skipped = {item["subject_id"]: item["problems"] for item in metrics["skipped"]}
+    assert set(skipped) == {s for s in held_out if s in (subject(4), subject(7))}
+    assert any("t1ce" in problem for problem in skipped[subject(4)])
+    assert metrics["n"] == len(held_out) - len(skipped)
+    record(
+        "evaluate with skip_bad_cases: true (truncated T1-CE in the held-out fold)",
+        "bundle evaluate",
+        f"metrics over the {metrics['n']} good held-out cases; skipped: {', '.join(skipped)}",
+    )
+
+
 def test_a_bad_option_is_one_line_on_stderr_and_exit_status_2(cohort10, tmp_path, capfd):
     """``python -m monai.bundle run ... --fold abc`` ends with status 2 and this line on stderr (Python prints
     nothing for a SystemExit with an integer code: the error writes its line itself)."""
