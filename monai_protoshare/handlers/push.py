@@ -210,15 +210,18 @@ class PrototypePushHandler:
         engine.classifier_cache = (result.similarities, result.labels)
         engine.state.push_seconds = result.seconds
         before = result.similarity_before
+        # each prototype's best match among this process's cases after the push: its source case, 1.0 (eq. 20)
+        after = result.similarities.max(dim=0).values
         logger.info(
-            "push after epoch %d: %d prototypes from %d distinct of %d cases, similarity before push "
-            "min %.3f / mean %.3f (1.0 after), %.1f s",
+            "push after epoch %d: %d prototypes from %d distinct of %d cases, similarity to the chosen descriptor "
+            "before push min %.3f / mean %.3f, best similarity after push min %.6f, %.1f s",
             epoch,
             len(result.subject_ids),
             len(set(result.subject_ids)),
             result.num_cases,
             float(before.min()),
             float(before.mean()),
+            float(after.min()),
             result.seconds,
         )
         if self.output_dir is not None and getattr(engine.state, "rank", 0) == 0:
