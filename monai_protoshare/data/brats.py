@@ -231,18 +231,14 @@ def load_brats_datalist(
     if cache:
         _save_cache(data_root, cache_data, infos)
 
-    if mark_bad:
-        found: dict[str, list[str]] = {}
-        for p in problems:
-            found.setdefault(p.subject, []).append(f"{p.file}: {p.problem}")
-        unplaceable = {c.subject for c in cases if c.subject in found and labelled and c.label is None}
-        _raise_or_skip(data_root, cases, [p for p in problems if p.subject in unplaceable], skip_bad=False)
-        _raise_or_skip(data_root, cases, problems, skip_bad=True)
-        kept = cases
-    else:
-        bad = _raise_or_skip(data_root, cases, problems, skip_bad)
-        kept = [c for c in cases if c.subject not in bad]
-        found = {}
+    if mark_bad:  # a case without a grade has no fold: it cannot be kept, marked or not
+        no_grade = {c.subject for c in cases if labelled and c.label is None}
+        _raise_or_skip(data_root, cases, [p for p in problems if p.subject in no_grade], skip_bad=False)
+    bad = _raise_or_skip(data_root, cases, problems, skip_bad or mark_bad)
+    kept = cases if mark_bad else [c for c in cases if c.subject not in bad]
+    found: dict[str, list[str]] = {}
+    for p in problems:
+        found.setdefault(p.subject, []).append(f"{p.file}: {p.problem}")
     logger.info("BraTS datalist: %d case(s) from %s in %.1f s.", len(kept), data_root, time.perf_counter() - start)
     items = []
     for c in kept:

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..io import write_json
 
-__all__ = ["PrototypePushHandler", "PushResult", "map_mass_box", "push_prototypes", "similarity_pass"]
+__all__ = ["PrototypePushHandler", "PushResult", "map_mass_box", "push_prototypes"]
 
 logger = logging.getLogger(__name__)
 
@@ -149,21 +149,6 @@ def push_prototypes(
     return PushResult(
         best_sim.cpu(), best_id, best_box, num_cases, time.perf_counter() - start, similarities, torch.cat(all_labels)
     )
-
-
-@torch.no_grad()
-def similarity_pass(
-    network: nn.Module, data_loader, device: torch.device | str, image_key: str = "image", label_key: str = "label"
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Similarities (N, K_total) of every case to the current prototypes and labels (N,), BN in eval mode."""
-    was_training = network.training
-    network.eval()
-    similarities, labels = [], []
-    for batch in data_loader:
-        similarities.append(network.explain(batch[image_key].to(device), online_cam=False).similarities.float().cpu())
-        labels.append(torch.as_tensor(batch[label_key]).long().view(-1))
-    network.train(was_training)
-    return torch.cat(similarities), torch.cat(labels)
 
 
 def _gather_best(best_sim, best_desc, best_box, best_id, num_cases):

@@ -12,7 +12,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..engines.schedule import Stage
 from ..engines.similarity_batches import SimilarityBatches
-from .push import similarity_pass
+from ..explain.evidence import reference_similarities
 
 __all__ = ["TRAINABLE_GROUPS", "TrainingStageHandler"]
 
@@ -105,7 +105,7 @@ class TrainingStageHandler:
             # a data loader draws its base seed from torch's generator: keep the state the epoch was seeded with,
             # or the resumed epoch would shuffle differently from the uninterrupted one
             with torch.random.fork_rng(devices=[]):
-                engine.classifier_cache = similarity_pass(engine.network, engine.push_data_loader, engine.state.device)
+                engine.classifier_cache = reference_similarities(engine.network, engine.push_data_loader)
         similarities, labels = engine.classifier_cache
         batch_size = getattr(engine.data_loader, "batch_size", None) or 1
         engine.set_data(SimilarityBatches(similarities, labels, batch_size, engine.state.epoch_length))
