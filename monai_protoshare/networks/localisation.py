@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from statistics import NormalDist
+
 import torch
 from monai.utils import look_up_option
 from torch import nn
@@ -57,6 +59,10 @@ class MappingHead(nn.Module):
         mode: one of ``"plain"``, ``"minmax_soft"``, ``"l1_soft"``.
         softmask_weight, softmask_threshold: w = 10 and σ = 0.5 of eq. (12).
         eps: ε = 1e-6 of eq. (13).
+        mask_prior: π, the fraction of voxels each map starts "on" (sigmoid(M⁰) > ½, i.e. M⁰ > 0). The last
+            BN's shift starts at β₀ = Φ⁻¹(π), so with its standardised input z ~ N(0, 1) a fraction π of the
+            voxels start above the soft mask's threshold (the prior-probability initialisation of focal-loss
+            detectors). The paper is silent; 0.5 gives β₀ = 0, torch's default (DESIGN §5).
 
     Example:
         >>> head = MappingHead(16, num_prototypes=3, hidden_channels=8)
@@ -75,8 +81,11 @@ class MappingHead(nn.Module):
         softmask_weight: float = 10.0,
         softmask_threshold: float = 0.5,
         eps: float = 1e-6,
+        mask_prior: float = 0.5,
     ) -> None:
         super().__init__()
+        if not 0.0 < mask_prior < 1.0:
+            raise ValueError(f"mask_prior is a fraction of voxels in (0, 1); got {mask_prior}.")
         self.mode = look_up_option(mode, MAPPING_MODES[1:])
         self.softmask_weight = softmask_weight
         self.softmask_threshold = softmask_threshold
@@ -85,6 +94,7 @@ class MappingHead(nn.Module):
         self.bn1 = nn.BatchNorm3d(hidden_channels)
         self.conv2 = nn.Conv3d(hidden_channels, num_prototypes, kernel_size=1, bias=False)
         self.bn2 = nn.BatchNorm3d(num_prototypes)
+        nn.init.constant_(self.bn2.bias, NormalDist().inv_cdf(mask_prior))
 
     def hidden(self, x: torch.Tensor) -> torch.Tensor:
         """ReLU(BN(conv1(F_s))): (B, hidden_channels, H_s, W_s, D_s), the Online-CAM head's input."""

@@ -81,6 +81,7 @@ class PrototypeNetwork(ArchitectureSignature, nn.Module):
         mapping_feature_fusion: MAProtoNet's fusion of scale s−1 into scale s's mapping input.
         topk_fraction: α of ProtoPNet's top-α average pooling (1 %).
         softmask_weight, softmask_threshold: w and σ of eq. (12).
+        mask_prior: initial fraction of voxels each mapping-module map covers (:class:`MappingHead`).
         lse_r: r of the Online-CAM log-sum-exp pooling.
 
     Example:
@@ -112,6 +113,7 @@ class PrototypeNetwork(ArchitectureSignature, nn.Module):
         topk_fraction: float = 0.01,
         softmask_weight: float = 10.0,
         softmask_threshold: float = 0.5,
+        mask_prior: float = 0.5,
         lse_r: float = 10.0,
     ) -> None:
         super().__init__()
@@ -160,7 +162,7 @@ class PrototypeNetwork(ArchitectureSignature, nn.Module):
         if self.mapping != "none":
             hidden = int(mapping_hidden_channels or embedding_dim)
             self.mapping_heads = nn.ModuleList(
-                MappingHead(c, k, hidden, self.mapping, softmask_weight, softmask_threshold)
+                MappingHead(c, k, hidden, self.mapping, softmask_weight, softmask_threshold, mask_prior=mask_prior)
                 for c, k in zip(channels, self.prototypes_per_scale)
             )
         self.prototypes = PrototypeBank(self.prototypes_per_scale, embedding_dim)

@@ -138,6 +138,18 @@ def test_default_bundle_is_e2_and_baselines_are_their_models():
     assert maprotonet.feature_fusions is not None and maprotonet.scales == (2,)
 
 
+@pytest.mark.parametrize("preset", ["paper", "cpu_small"])
+def test_preset_mask_prior_initialises_the_mapping_modules(preset):
+    prior = yaml.safe_load((BUNDLES_DIR / "um_protoshare" / "configs" / "presets" / f"{preset}.yaml").read_text())
+    prior = prior.get("mask_prior", 0.5)
+    net = _network("um_protoshare", f"presets/{preset}.yaml")
+    shift = torch.special.ndtri(torch.tensor(prior)).item()
+    for head in net.mapping_heads:
+        torch.testing.assert_close(head.bn2.bias.detach(), torch.full_like(head.bn2.bias, shift))
+    if preset == "cpu_small":
+        assert prior < 0.5  # the short schedule cannot move the BN shift far (module docstring, README)
+
+
 def _keys(config, prefix=""):
     """Flattened ``id -> value`` of a config's structure (for drift checks between bundles)."""
     out = {}
@@ -158,6 +170,8 @@ MODEL_SPECIFIC = {
     "validate#attribution_method",
     "handlers",
     "top_k",
+    "mask_prior",  # UM-ProtoShare's eq.-12 mapping module only; the baselines keep torch's BN initialisation
+    "network_def#mask_prior",
 }  # fmt: skip  (the CNN exports no prototype evidence)
 
 

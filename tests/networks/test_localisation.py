@@ -123,6 +123,23 @@ def test_mapping_mode_errors():
         MappingHead(4, 2, mode="none")  # ProtoPNet has no mapping module at all
 
 
+@pytest.mark.parametrize("prior", [0.5, 0.1, 0.02])
+def test_mask_prior_sets_the_initial_fraction_of_voxels_on(prior):
+    """With batch statistics, M⁰ = z + Φ⁻¹(π) with z standardised: a fraction π of voxels has sigmoid(M⁰) > ½."""
+    torch.manual_seed(0)
+    head = MappingHead(16, 3, hidden_channels=128, mask_prior=prior).train()  # 128 terms: M⁰ near Gaussian
+    mask, _ = head(torch.randn(4, 16, 16, 16, 12))
+    on = (mask > 0.5).double().mean(dim=(0, 2, 3, 4))  # soft mask > 1/2  <=>  sigmoid(M0) > 1/2  <=>  M0 > 0
+    torch.testing.assert_close(on, torch.full((3,), prior, dtype=torch.double), rtol=0.15, atol=0.005)
+    assert head.bn2.bias.detach().tolist() == pytest.approx([torch.special.ndtri(torch.tensor(prior)).item()] * 3)
+
+
+@pytest.mark.parametrize("prior", [0.0, 1.0, -0.1])
+def test_mask_prior_must_be_a_fraction(prior):
+    with pytest.raises(ValueError, match="mask_prior"):
+        MappingHead(4, 2, mask_prior=prior)
+
+
 @pytest.mark.parametrize("activation", ["relu", "sigmoid"])
 def test_add_on_projects_to_the_embedding_dimension(activation):
     torch.manual_seed(0)
