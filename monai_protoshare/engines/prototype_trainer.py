@@ -65,6 +65,11 @@ class PrototypeTrainer(Trainer):
         latent_loss, classifier_loss: stage losses (default: the paper's coefficients).
         warmup_lr, warmup_weight_decay, latent_lr, latent_weight_decay, lr_warmup_epochs,
         lr_warmup_multiplier, classifier_lr: optimiser settings of App. D.5.
+        mask_shift_lr_factor: stage-1 learning rate of the mapping modules' last BN shifts
+            (:meth:`PrototypeNetwork.mask_shift_parameters`, which set how much of the volume each prototype map
+            covers) as a multiple of ``latent_lr``; with a factor other than 1 they also get no weight decay.
+            Adam moves a parameter by about its learning rate per step, so a short schedule leaves the maps as
+            wide as they started; the paper trains everything at one rate (1, the default).
         classifier_inputs: stage-3 inputs: ``"augmented"`` (a frozen, eval-mode forward of the augmented
             training batches every epoch, as MProtoNet trains its last layer) or ``"cached"`` (the
             similarities of the un-augmented training fold that the push already computed: stage 3 becomes a
@@ -96,6 +101,7 @@ class PrototypeTrainer(Trainer):
         lr_warmup_epochs: int = 20,
         lr_warmup_multiplier: float = 0.05,
         classifier_lr: float = 1e-3,
+        mask_shift_lr_factor: float = 1.0,
         classifier_inputs: str = "augmented",
         seed: int = 0,
         push_output_dir: str | None = None,
@@ -125,6 +131,8 @@ class PrototypeTrainer(Trainer):
                 "a CNNClassifier has no prototypes: its schedule must have latent_epochs=0 "
                 f"(only warm-up epochs); got {schedule}."
             )
+        if mask_shift_lr_factor <= 0:
+            raise ValueError(f"mask_shift_lr_factor multiplies latent_lr and must be positive; got {mask_shift_lr_factor}.")
         if schedule.latent_epochs and push_data_loader is None:
             raise ValueError("push_data_loader (the un-augmented training fold) is required for the push.")
         use_amp = bool(amp) and torch.device(device).type == "cuda"
@@ -161,14 +169,15 @@ class PrototypeTrainer(Trainer):
         self.latent_optimizer = self.latent_scheduler = self.classifier_optimizer = None
         if not is_cnn:
             groups = network.parameter_groups()
-            self.latent_optimizer = torch.optim.AdamW(
-                [
-                    {"params": groups["encoder"] + groups["add_ons"] + groups["mapping"]},
-                    {"params": groups["prototypes"], "weight_decay": 0.0},
-                ],
-                lr=latent_lr,
-                weight_decay=latent_weight_decay,
-            )
+            shifts = network.mask_shift_parameters() if mask_shift_lr_factor != 1.0 else []
+            separate = {id(p) for p in shifts}
+            latent_groups = [
+                {"params": [p for p in groups["encoder"] + groups["add_ons"] + groups["mapping"] if id(p) not in separate]},
+                {"params": groups["prototypes"], "weight_decay": 0.0},
+            ]
+            if shifts:
+                latent_groups.append({"params": shifts, "lr": latent_lr * mask_shift_lr_factor, "weight_decay": 0.0})
+            self.latent_optimizer = torch.optim.AdamW(latent_groups, lr=latent_lr, weight_decay=latent_weight_decay)
             self.latent_scheduler = WarmupCosineSchedule(
                 self.latent_optimizer,
                 warmup_steps=lr_warmup_epochs,

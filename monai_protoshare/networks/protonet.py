@@ -207,6 +207,14 @@ class PrototypeNetwork(ArchitectureSignature, nn.Module):
             "classifier": list(self.classifier.parameters()),
         }
 
+    def mask_shift_parameters(self) -> list[nn.Parameter]:
+        """The last BN shift β of every mapping module (K_s values per scale; empty without mapping modules).
+
+        β sets how much of the volume each prototype map covers (:class:`MappingHead` ``mask_prior``); the
+        trainer can give these parameters their own learning rate (``mask_shift_lr_factor``).
+        """
+        return [] if self.mapping_heads is None else [head.bn2.bias for head in self.mapping_heads]
+
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits (B, C) for input (B, 4, H, W, D): the tensor bundles, TorchScript and Deploy use."""

@@ -150,6 +150,24 @@ def test_preset_mask_prior_initialises_the_mapping_modules(preset):
         assert prior < 0.5  # the short schedule cannot move the BN shift far (module docstring, README)
 
 
+@pytest.mark.parametrize("preset,factor,lambda_map", [("paper", 1.0, 0.5), ("cpu_small", 10.0, 5.0)])
+def test_preset_sets_the_map_shift_learning_rate_and_mapping_weight(preset, factor, lambda_map, tmp_path, bundle_cohort):
+    overrides = {k: v for k, v in tiny_overrides("um_protoshare").items() if k in ("encoder_widths", "embedding_dim")}
+    workflow = bundle_workflow(
+        BUNDLES_DIR / "um_protoshare",
+        ["train.yaml", f"presets/{preset}.yaml"],
+        "train",
+        output_dir=str(tmp_path),
+        dataset_dir=str(bundle_cohort),
+        **overrides,
+    )
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    assert trainer.latent_loss.weights["map"] == lambda_map
+    shifts = {id(p) for p in trainer.network.mask_shift_parameters()}
+    lrs = [g["lr"] for g in trainer.latent_optimizer.param_groups if {id(p) for p in g["params"]} & shifts]
+    assert lrs == [pytest.approx(factor * trainer.latent_optimizer.param_groups[0]["lr"])]
+
+
 def _keys(config, prefix=""):
     """Flattened ``id -> value`` of a config's structure (for drift checks between bundles)."""
     out = {}
@@ -172,6 +190,8 @@ MODEL_SPECIFIC = {
     "top_k",
     "mask_prior",  # UM-ProtoShare's eq.-12 mapping module only; the baselines keep torch's BN initialisation
     "network_def#mask_prior",
+    "mask_shift_lr_factor",  # likewise (cpu_small: the maps' BN shift learns faster)
+    "train#trainer#mask_shift_lr_factor",
 }  # fmt: skip  (the CNN exports no prototype evidence)
 
 

@@ -98,3 +98,38 @@ def test_cached_stage3_trains_the_classifier_without_a_forward_pass(tmp_path):
     trainer.run()
     assert calls["stage3"] == 0
     assert not torch.equal(weights[2], weights[1])  # epoch 3 (stage 3) changed the classifier
+
+
+@pytest.mark.parametrize("factor", [1.0, 10.0])
+def test_mask_shift_lr_factor_scales_the_first_adam_step_of_the_map_shifts(factor):
+    torch.manual_seed(0)
+    net = build_network("um_protoshare", **TINY_NET)
+    data = ToyCases(4)
+    loader = DataLoader(data, batch_size=4)
+    trainer = PrototypeTrainer("cpu", net, loader, SCHEDULE, push_data_loader=loader, mask_shift_lr_factor=factor)
+    optimizer = trainer.latent_optimizer
+    shifts = net.mask_shift_parameters()
+    assert len(shifts) == 3 and all(s is head.bn2.bias for s, head in zip(shifts, net.mapping_heads, strict=True))
+    listed = [id(p) for g in optimizer.param_groups for p in g["params"]]
+    assert len(listed) == len(set(listed))  # no parameter is optimised twice
+    (group,) = [g for g in optimizer.param_groups if any(p is shifts[0] for p in g["params"])]
+    base_lr = optimizer.param_groups[0]["lr"]
+    assert group["lr"] == pytest.approx(factor * base_lr)
+    before = [s.detach().clone() for s in shifts]
+    output = net.explain(data.images)
+    loss = torch.nn.functional.cross_entropy(output.logits, data.labels) + sum(m.mean() for m in output.masks)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    # Adam's first step moves each parameter by its learning rate (the initial shifts are 0: no decay term)
+    for shift, old in zip(shifts, before, strict=True):
+        moved = (shift.detach() - old).abs()[shift.grad.abs() > 1e-6]
+        assert moved.numel() > 0
+        torch.testing.assert_close(moved, torch.full_like(moved, factor * base_lr), rtol=1e-3, atol=0)
+
+
+def test_mask_shift_lr_factor_must_be_positive():
+    net = build_network("um_protoshare", **TINY_NET)
+    loader = DataLoader(ToyCases(2), batch_size=2)
+    with pytest.raises(ValueError, match="mask_shift_lr_factor"):
+        PrototypeTrainer("cpu", net, loader, SCHEDULE, push_data_loader=loader, mask_shift_lr_factor=0.0)
