@@ -132,7 +132,9 @@ class PrototypeTrainer(Trainer):
                 f"(only warm-up epochs); got {schedule}."
             )
         if mask_shift_lr_factor <= 0:
-            raise ValueError(f"mask_shift_lr_factor multiplies latent_lr and must be positive; got {mask_shift_lr_factor}.")
+            raise ValueError(
+                f"mask_shift_lr_factor multiplies latent_lr and must be positive; got {mask_shift_lr_factor}."
+            )
         if schedule.latent_epochs and push_data_loader is None:
             raise ValueError("push_data_loader (the un-augmented training fold) is required for the push.")
         use_amp = bool(amp) and torch.device(device).type == "cuda"
@@ -172,7 +174,11 @@ class PrototypeTrainer(Trainer):
             shifts = network.mask_shift_parameters() if mask_shift_lr_factor != 1.0 else []
             separate = {id(p) for p in shifts}
             latent_groups = [
-                {"params": [p for p in groups["encoder"] + groups["add_ons"] + groups["mapping"] if id(p) not in separate]},
+                {
+                    "params": [
+                        p for p in groups["encoder"] + groups["add_ons"] + groups["mapping"] if id(p) not in separate
+                    ]
+                },
                 {"params": groups["prototypes"], "weight_decay": 0.0},
             ]
             if shifts:

@@ -151,7 +151,9 @@ def test_preset_mask_prior_initialises_the_mapping_modules(preset):
 
 
 @pytest.mark.parametrize("preset,factor,lambda_map", [("paper", 1.0, 0.5), ("cpu_small", 10.0, 5.0)])
-def test_preset_sets_the_map_shift_learning_rate_and_mapping_weight(preset, factor, lambda_map, tmp_path, bundle_cohort):
+def test_preset_sets_the_map_shift_learning_rate_and_mapping_weight(
+    preset, factor, lambda_map, tmp_path, bundle_cohort
+):
     overrides = {k: v for k, v in tiny_overrides("um_protoshare").items() if k in ("encoder_widths", "embedding_dim")}
     workflow = bundle_workflow(
         BUNDLES_DIR / "um_protoshare",
