@@ -111,7 +111,9 @@ def test_mask_shift_lr_factor_scales_the_first_adam_step_of_the_map_shifts(facto
     shifts = net.mask_shift_parameters()
     assert len(shifts) == 3 and all(s is head.bn2.bias for s, head in zip(shifts, net.mapping_heads, strict=True))
     listed = [id(p) for g in optimizer.param_groups for p in g["params"]]
-    assert len(listed) == len(set(listed))  # no parameter is optimised twice
+    assert len(listed) == len(set(listed))  # no parameter is optimised twice, and none is left out
+    groups = net.parameter_groups()
+    assert set(listed) == {id(p) for k in ("encoder", "add_ons", "mapping", "prototypes") for p in groups[k]}
     (group,) = [g for g in optimizer.param_groups if any(p is shifts[0] for p in g["params"])]
     base_lr = optimizer.param_groups[0]["lr"]
     assert group["lr"] == pytest.approx(factor * base_lr)
