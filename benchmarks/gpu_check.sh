@@ -9,24 +9,22 @@
 #
 # Extra arguments go to bench_schedule.py (e.g. --models um_protoshare_e2 --batch 16). Output: the tables on stdout,
 # JSON in benchmarks/results/gpu_check.json and, when $OUT is set (the device runner's return folder), also in
-# $OUT/gpu_check.json and $OUT/gpu_check.log.
+# $OUT/gpu_check.json and $OUT/gpu_check.log. GPU_CHECK_TIMEOUT_S (default 470) bounds the measurement.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-if [ -x .venv/bin/python ]; then
-    PY=.venv/bin/python
-elif command -v python >/dev/null 2>&1; then
-    PY=python
-elif command -v python3 >/dev/null 2>&1; then
-    PY=python3
-else
-    echo "gpu_check: no Python found (.venv/bin/python, python, python3). Nothing was run." >&2
-    exit 2
-fi
-if ! "$PY" -c "import torch" >/dev/null 2>&1; then
-    echo "gpu_check: torch is not importable with $PY ($("$PY" --version 2>&1)). This script installs nothing:" >&2
-    echo "  carry a virtual environment with a CUDA build of torch (plus monai, pytorch-ignite, nibabel) as .venv," >&2
-    echo "  or run it where one is on PATH. Nothing was run." >&2
+# the first interpreter that imports torch: the project's .venv, else python3 (GPU images put torch there), else python
+PY=
+for candidate in .venv/bin/python python3 python; do
+    if command -v "$candidate" >/dev/null 2>&1 && "$candidate" -c "import torch" >/dev/null 2>&1; then
+        PY=$candidate
+        break
+    fi
+done
+if [ -z "$PY" ]; then
+    echo "gpu_check: no Python here imports torch (tried .venv/bin/python, python3, python). This script installs" >&2
+    echo "  nothing: carry a virtual environment with a CUDA build of torch (plus monai, pytorch-ignite, nibabel) as" >&2
+    echo "  .venv, or run it where one is on PATH. Nothing was run." >&2
     exit 3
 fi
 if ! "$PY" -c "import monai, ignite" >/dev/null 2>&1; then
@@ -46,10 +44,10 @@ fi
     if command -v nvidia-smi >/dev/null 2>&1; then
         nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
     fi
-    timeout 470 "$PY" benchmarks/bench_schedule.py --preset paper --models um_protoshare_e2,mprotonet \
+    timeout "${GPU_CHECK_TIMEOUT_S:-470}" "$PY" benchmarks/bench_schedule.py --preset paper --models um_protoshare_e2,mprotonet \
         --steps 4 --warm-steps 2 --push-cases 64 --budget-s 300 --out "$RESULTS" "$@"
     status=$?
-    [ "$status" -eq 124 ] && echo "gpu_check: stopped by the 470 s timeout; partial results only." >&2
+    [ "$status" -eq 124 ] && echo "gpu_check: stopped by the ${GPU_CHECK_TIMEOUT_S:-470} s timeout; partial results only." >&2
     if [ -n "${OUT:-}" ] && [ -d "$OUT" ] && [ -f "$RESULTS" ]; then
         cp "$RESULTS" "$OUT/gpu_check.json"
     fi

@@ -45,7 +45,7 @@ class PrototypeEvaluator(Evaluator):
     :class:`~monai_protoshare.handlers.EvaluationReportHandler` read these keys.
 
     Args:
-        device: evaluation device.
+        device: evaluation device; the network is moved to it.
         val_data_loader: batches with ``image``, ``label``, ``subject_id`` and optionally ``mask``, ``seg``.
         network: a :class:`PrototypeNetwork` or :class:`CNNClassifier`.
         attribution_method: for a CNN, ``"gradcam"`` or ``"occlusion"`` (ignored for prototype networks).
@@ -86,7 +86,7 @@ class PrototypeEvaluator(Evaluator):
         )
         self.network = network
         self.memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
-        network.to(memory_format=self.memory_format)
+        network.to(device=self.state.device, memory_format=self.memory_format)
         self.attribution_method = attribution_method
         self.evidence_checks = bool(evidence_checks) and isinstance(network, PrototypeNetwork)
         self.randomised_network = randomised_copy(network, randomisation_seed) if self.evidence_checks else None

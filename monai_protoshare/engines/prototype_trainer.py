@@ -56,7 +56,7 @@ class PrototypeTrainer(Trainer):
     user handler at ``EPOCH_COMPLETED`` always includes the push of that epoch.
 
     Args:
-        device: training device.
+        device: training device; the network and the warm-up GAP head are moved to it.
         network: a :class:`PrototypeNetwork` or :class:`CNNClassifier`.
         train_data_loader: augmented training batches with ``image`` (B, 4, H, W, D) and ``label`` (B,).
         schedule: the :class:`TrainingSchedule`; ``max_epochs`` defaults to its ``total_epochs``.
@@ -152,9 +152,11 @@ class PrototypeTrainer(Trainer):
         )
         self.network = network
         self.memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
-        network.to(memory_format=self.memory_format)
         self.schedule = schedule
         self.warmup_model = network if is_cnn else CNNClassifier.sharing(network)
+        # the warm-up model's GAP head is created here, so the caller cannot have moved it with the network
+        network.to(device=self.state.device, memory_format=self.memory_format)
+        self.warmup_model.to(device=self.state.device, memory_format=self.memory_format)
         self.latent_loss = latent_loss if latent_loss is not None else LatentSpaceLoss()
         self.classifier_loss = classifier_loss if classifier_loss is not None else ClassifierStageLoss()
         self.distributed = bool(distributed) and dist.is_available() and dist.is_initialized()

@@ -65,3 +65,9 @@ def test_mask_of_another_shape_names_the_subjects(tmp_path):
     evaluator = PrototypeEvaluator("cpu", DataLoader(Bad(2), batch_size=2), net)
     with pytest.raises(ValueError, match="toy000"):
         evaluator.run()
+
+
+def test_evaluator_moves_the_network_to_its_device():
+    net = build_network("um_protoshare", **TINY_NET)
+    PrototypeEvaluator("meta", DataLoader(MaskedCases(2), batch_size=2), net)
+    assert {p.device.type for p in net.parameters()} == {"meta"}

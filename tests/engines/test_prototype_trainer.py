@@ -135,3 +135,13 @@ def test_mask_shift_lr_factor_must_be_positive():
     loader = DataLoader(ToyCases(2), batch_size=2)
     with pytest.raises(ValueError, match="mask_shift_lr_factor"):
         PrototypeTrainer("cpu", net, loader, SCHEDULE, push_data_loader=loader, mask_shift_lr_factor=0.0)
+
+
+def test_trainer_moves_the_network_and_its_warmup_head_to_its_device():
+    """The warm-up GAP head is built inside the trainer, so a bundle's ``network.to(device)`` cannot move it (this
+    failed on CUDA); the meta device shows the move without a GPU."""
+    net = build_network("um_protoshare", **TINY_NET)
+    loader = DataLoader(Dataset([ToyCases(2)[i] for i in range(2)]), batch_size=2)
+    trainer = PrototypeTrainer("meta", net, loader, SCHEDULE, push_data_loader=loader)
+    assert {p.device.type for p in trainer.warmup_model.parameters()} == {"meta"}
+    assert {p.device.type for p in net.parameters()} == {"meta"}

@@ -1,0 +1,101 @@
+"""CUDA parity: fp32 on a GPU reproduces the CPU, bf16 autocast stays close to fp32, and training and evaluation
+with ``amp=True`` give the CPU's results (issue 11 item 7: a speed-up is kept only if results stay the same).
+
+Skipped where torch sees no CUDA device (CI has none). On a GPU machine: ``pytest tests/engines/test_cuda.py``.
+"""
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from monai_protoshare.engines import PrototypeEvaluator, PrototypeTrainer, TrainingSchedule
+from monai_protoshare.handlers.metric_handlers import ActivationPrecision, BalancedAccuracy
+from monai_protoshare.networks import build_network
+from tests.engines.test_prototype_evaluator import MaskedCases
+from tests.toy_data import TINY_NET, ToyCases
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+PROTOTYPE_MODELS = ["um_protoshare", "protopnet", "mprotonet", "maprotonet"]
+
+
+@pytest.fixture(autouse=True)
+def exact_fp32():
+    """TF32 off, so that "fp32 on CUDA" means fp32 (Ampere and later default cuDNN convolutions to TF32)."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def _network(name: str):
+    torch.manual_seed(0)
+    return build_network(name, **TINY_NET).eval()
+
+
+@pytest.mark.parametrize("name", PROTOTYPE_MODELS)
+def test_fp32_on_cuda_reproduces_the_cpu(name):
+    net, images = _network(name), ToyCases(6).images
+    with torch.no_grad():
+        cpu = net.explain(images, online_cam=False)
+        gpu = net.cuda().explain(images.cuda(), online_cam=False)
+    torch.testing.assert_close(gpu.logits.cpu(), cpu.logits, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(gpu.similarities.cpu(), cpu.similarities, rtol=1e-4, atol=1e-4)
+    for gpu_map, cpu_map in zip(gpu.attention, cpu.attention, strict=True):
+        torch.testing.assert_close(gpu_map.cpu(), cpu_map, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", PROTOTYPE_MODELS)
+def test_bf16_autocast_stays_close_to_fp32(name):
+    net, images = _network(name).cuda(), ToyCases(6).images.cuda()
+    net.to(memory_format=torch.channels_last_3d)
+    images = images.contiguous(memory_format=torch.channels_last_3d)
+    with torch.no_grad():
+        exact = net.explain(images, online_cam=False)
+        with torch.autocast("cuda", torch.bfloat16):
+            mixed = net.explain(images, online_cam=False)
+    # cosine similarities lie in [-1, 1]; bf16 keeps 8 mantissa bits (relative step 2^-8 = 0.004)
+    assert (mixed.similarities.float() - exact.similarities).abs().max() < 0.03
+    scale = exact.logits.abs().max().clamp_min(1.0)
+    assert ((mixed.logits.float() - exact.logits).abs().max() / scale) < 0.03
+    for mixed_map, exact_map in zip(mixed.attention, exact.attention, strict=True):
+        corr = torch.corrcoef(torch.stack([mixed_map.float().flatten(), exact_map.flatten()]))[0, 1]
+        assert corr > 0.99
+
+
+def test_amp_training_on_cuda_learns_the_toy_task_in_fp32_weights():
+    torch.manual_seed(0)
+    net = build_network("um_protoshare", **TINY_NET)
+    data = ToyCases(16)
+    schedule = TrainingSchedule(warmup_epochs=6, latent_epochs=6, push_interval=3, classifier_epochs=3)
+    trainer = PrototypeTrainer(
+        "cuda",
+        net,
+        DataLoader(data, batch_size=4, shuffle=True),
+        schedule,
+        push_data_loader=DataLoader(data, batch_size=8),
+        classifier_inputs="cached",
+        amp=True,
+    )
+    assert trainer.amp
+    trainer.run()
+    assert all(p.dtype == torch.float32 and p.is_cuda for p in net.parameters())
+    net.eval()
+    with torch.no_grad(), torch.autocast("cuda", torch.bfloat16):
+        predicted = net(data.images.cuda()).argmax(1).cpu()
+    assert (predicted == data.labels).float().mean() >= 0.9
+
+
+@pytest.mark.parametrize("name", ["um_protoshare", "mprotonet"])
+def test_amp_evaluation_on_cuda_gives_the_cpu_metrics(name):
+    def evaluate(device, amp):
+        net = _network(name)
+        evaluator = PrototypeEvaluator(device, DataLoader(MaskedCases(6), batch_size=3), net, amp=amp)
+        BalancedAccuracy().attach(evaluator, "bac")
+        ActivationPrecision().attach(evaluator, "ap")
+        evaluator.run()
+        return evaluator.state.metrics
+
+    cpu, gpu = evaluate("cpu", False), evaluate("cuda", True)
+    assert gpu["bac"] == cpu["bac"]
+    assert gpu["ap"] == pytest.approx(cpu["ap"], abs=0.02)
