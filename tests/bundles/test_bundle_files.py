@@ -150,7 +150,7 @@ def test_preset_mask_prior_initialises_the_mapping_modules(preset):
         assert prior < 0.5  # the short schedule cannot move the BN shift far (module docstring, README)
 
 
-@pytest.mark.parametrize("preset,factor,lambda_map", [("paper", 1.0, 0.5), ("cpu_small", 10.0, 5.0)])
+@pytest.mark.parametrize("preset,factor,lambda_map", [("paper", 1.0, 0.5), ("cpu_small", 30.0, 5.0)])
 def test_preset_sets_the_map_shift_learning_rate_and_mapping_weight(
     preset, factor, lambda_map, tmp_path, bundle_cohort
 ):
