@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from monai_protoshare.networks import build_network
+from monai_protoshare.networks import build_network, resample
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 BUNDLE_DIR = Path(__file__).resolve().parents[1] / "bundles" / "um_protoshare"
@@ -56,6 +56,22 @@ def preset_network(model: str, preset: str) -> torch.nn.Module:
         kwargs["encoder_layers"] = SINGLE_STAGE[preset]
         kwargs["encoder_widths"] = kwargs["encoder_widths"][:1]
     return build_network(model, **kwargs)
+
+
+def add_resize_option(parser) -> None:
+    """``--resize``: how the model resizes feature maps on CUDA (the speed-up of ``networks/resample.py``)."""
+    parser.add_argument(
+        "--resize",
+        choices=("separable", "interpolate"),
+        default="separable",
+        help="CUDA trilinear resizes: separable_resize (default) or F.interpolate (as before the speed-up)",
+    )
+
+
+def apply_resize_option(args) -> str:
+    """Sets :data:`resample.SEPARABLE_ON_CUDA` from ``--resize``; returns the choice for the results."""
+    resample.SEPARABLE_ON_CUDA = args.resize == "separable"
+    return args.resize
 
 
 def load_average() -> list[float]:

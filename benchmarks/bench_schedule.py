@@ -38,7 +38,16 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from bench_common import PRESETS, RESULTS_DIR, machine, preset_network, print_table, synchronize
+from bench_common import (
+    PRESETS,
+    RESULTS_DIR,
+    add_resize_option,
+    apply_resize_option,
+    machine,
+    preset_network,
+    print_table,
+    synchronize,
+)
 from ignite.engine import Events
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -245,7 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, default=420.0, help="skip models not started within this time")
     parser.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes, 1 step: checks the logic only")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "schedule.json")
+    add_resize_option(parser)
     args = parser.parse_args(argv)
+    resize = apply_resize_option(args)
     start = time.perf_counter()
     if args.dry_run:
         args.device, args.preset, args.steps, args.warm_steps, args.push_cases = "cpu", "tiny", 1, 1, 4
@@ -300,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         "preset": args.preset,
         "amp_bf16": device.type == "cuda" and not args.no_amp,
         "channels_last": not args.contiguous,
+        "resize": resize,
         "steps": args.steps,
         "warm_steps": args.warm_steps,
         "machine": info,
@@ -311,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     write_json(args.out, entry)
     title = (
         f"### {'DRY RUN (CPU, tiny sizes: not the GPU numbers) — ' if args.dry_run else ''}{info['device_name']}, "
-        f"preset {args.preset}, bf16 autocast {entry['amp_bf16']}, channels_last {entry['channels_last']}"
+        f"preset {args.preset}, bf16 autocast {entry['amp_bf16']}, channels_last {entry['channels_last']}, resize {resize}"
     )
     print_table(
         rows,

@@ -22,7 +22,15 @@ import time
 from pathlib import Path
 
 import torch
-from bench_common import PRESETS, RESULTS_DIR, machine, preset_network, synchronize
+from bench_common import (
+    PRESETS,
+    RESULTS_DIR,
+    add_resize_option,
+    apply_resize_option,
+    machine,
+    preset_network,
+    synchronize,
+)
 from bench_schedule import RandomBatches, random_batches
 from ignite.engine import Events
 from torch.autograd import DeviceType
@@ -132,7 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=25, help="operators listed")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (CPU)")
     parser.add_argument("--out", type=Path)
+    add_resize_option(parser)
     args = parser.parse_args(argv)
+    resize = apply_resize_option(args)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -140,11 +150,12 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cudnn.benchmark = True
     result = run(args, device)
     result["machine"] = machine(device)
+    result["resize"] = resize
     out = args.out or RESULTS_DIR / f"profile_{args.model}_{args.stage}.json"
     write_json(out, result)
     print(
         f"### {result['machine']['device_name']}: {args.model} {args.stage} step, batch {result['batch']}, "
-        f"lambdas {result['lambdas'] or 'App. D.5'}: {result['step_s']:.3f} s/step "
+        f"lambdas {result['lambdas'] or 'App. D.5'}, resize {resize}: {result['step_s']:.3f} s/step "
         f"({result['profiled_step_s']:.3f} s under the profiler)"
     )
     print("| operator | calls/step | self ms/step | share of the step |\n|---|---|---|---|")

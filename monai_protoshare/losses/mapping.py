@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from ..networks import resample
 
 __all__ = ["MappingLoss", "mapping_loss"]
 
@@ -20,7 +21,7 @@ def mapping_loss(mask: torch.Tensor, rescaled_mask: torch.Tensor, sparsity_weigh
     Returns:
         Scalar loss.
     """
-    resized = F.interpolate(mask, size=rescaled_mask.shape[2:], mode="trilinear", align_corners=True)
+    resized = resample.resize_trilinear(mask, rescaled_mask.shape[2:], align_corners=True)
     loss = (resized - rescaled_mask).abs().mean()
     if sparsity_weight:
         loss = loss + sparsity_weight * mask.abs().mean()
@@ -57,7 +58,7 @@ class MappingLoss(nn.Module):
         losses = []
         for head, mask, features in zip(network.mapping_heads, output.masks, output.mapping_inputs):
             size = [max(1, round(r * n)) for n in features.shape[2:]]
-            rescaled = F.interpolate(features, size=size, mode="trilinear", align_corners=True)
+            rescaled = resample.resize_trilinear(features, size, align_corners=True)
             rescaled_mask, _ = head(rescaled)
             losses.append(mapping_loss(mask, rescaled_mask, self.sparsity_weight))
         return losses

@@ -11,6 +11,7 @@ from .pretrained import inflate_resnet2d_state_dict, load_imagenet_resnet, load_
 from .protonet import PrototypeNetwork, PrototypeOutput
 from .prototypes import PrototypeBank, masked_descriptors
 from .quadruplet_attention import QuadrupletAttention
+from .resample import resize_trilinear
 
 __all__ = [
     "MODEL_CONFIGURATIONS",
@@ -34,4 +35,5 @@ __all__ = [
     "load_medicalnet_resnet",
     "masked_descriptors",
     "model_names",
+    "resize_trilinear",
 ]

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from . import resample
 
 __all__ = ["ConvBlock", "UNetStyleDecoder"]
 
@@ -51,6 +52,6 @@ class UNetStyleDecoder(nn.Module):
         decoded = [self.bottleneck(encoder_features[-1])]
         for i in range(len(self.blocks) - 1, -1, -1):
             # explicit target size: odd sizes never drift from the encoder's grid
-            up = F.interpolate(decoded[0], size=encoder_features[i].shape[2:], mode="trilinear", align_corners=False)
+            up = resample.resize_trilinear(decoded[0], encoder_features[i].shape[2:])
             decoded.insert(0, self.blocks[i](up))
         return decoded

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import resample
+
 __all__ = ["ConcatFusion", "GatedFusion", "MultiScaleFeatureFusion"]
 
 
@@ -68,5 +70,5 @@ class MultiScaleFeatureFusion(nn.Module):
     def forward(self, fine: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
         pooled = [F.avg_pool3d(fine, 3, 2, 1), F.max_pool3d(fine, 3, 2, 1)]
         if pooled[0].shape[2:] != coarse.shape[2:]:
-            pooled = [F.interpolate(p, size=coarse.shape[2:], mode="trilinear", align_corners=False) for p in pooled]
+            pooled = [resample.resize_trilinear(p, coarse.shape[2:]) for p in pooled]
         return torch.cat(pooled + [coarse], dim=1)

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 
 from monai_protoshare.engines import PrototypeEvaluator, PrototypeTrainer, TrainingSchedule
 from monai_protoshare.handlers.metric_handlers import ActivationPrecision, BalancedAccuracy
-from monai_protoshare.networks import build_network
+from monai_protoshare.networks import build_network, resize_trilinear
 from tests.engines.test_prototype_evaluator import MaskedCases
 from tests.toy_data import TINY_NET, ToyCases
 
@@ -43,6 +43,25 @@ def test_fp32_on_cuda_reproduces_the_cpu(name):
     torch.testing.assert_close(gpu.similarities.cpu(), cpu.similarities, rtol=1e-4, atol=1e-4)
     for gpu_map, cpu_map in zip(gpu.attention, cpu.attention, strict=True):
         torch.testing.assert_close(gpu_map.cpu(), cpu_map, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_resize_on_cuda_keeps_bf16_and_channels_last_and_matches_the_cpu(align_corners):
+    torch.manual_seed(0)
+    x = torch.randn(2, 16, 8, 8, 6, requires_grad=True)
+    upstream = torch.randn(2, 16, 13, 6, 12)
+    expected = torch.nn.functional.interpolate(x, size=(13, 6, 12), mode="trilinear", align_corners=align_corners)
+    (expected_grad,) = torch.autograd.grad(expected, x, upstream)
+    gpu_x = x.detach().cuda().requires_grad_(True)
+    resized = resize_trilinear(gpu_x, (13, 6, 12), align_corners)  # fp32 on CUDA: the same values
+    (grad,) = torch.autograd.grad(resized, gpu_x, upstream.cuda())
+    torch.testing.assert_close(resized.cpu(), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad.cpu(), expected_grad, rtol=1e-5, atol=1e-5)
+    half = gpu_x.detach().bfloat16().contiguous(memory_format=torch.channels_last_3d)
+    with torch.autocast("cuda", torch.bfloat16):
+        resized = resize_trilinear(half, (13, 6, 12), align_corners)
+    assert resized.dtype == torch.bfloat16 and resized.is_contiguous(memory_format=torch.channels_last_3d)
+    torch.testing.assert_close(resized.float().cpu(), expected, rtol=0.02, atol=0.03)
 
 
 @pytest.mark.parametrize("name", PROTOTYPE_MODELS)

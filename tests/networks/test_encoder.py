@@ -10,7 +10,7 @@ from torch import nn
 
 from monai_protoshare.networks import QuadrupletAttention, ResNetEncoder
 from monai_protoshare.networks.encoder import AttentiveBottleneck
-from monai_protoshare.networks.quadruplet_attention import AttentionGate
+from monai_protoshare.networks.quadruplet_attention import AttentionGate, single_output_conv3d
 
 
 def test_cpu_small_encoder_scales():
@@ -113,6 +113,27 @@ def test_attention_gate_formula():
     expected = t * torch.sigmoid(2.0 * torch.nn.functional.conv3d(pooled, gate.conv.weight, padding=1) - 0.5)
     with torch.no_grad():
         torch.testing.assert_close(gate(t), expected)
+
+
+@pytest.mark.parametrize("kernel_size", [3, 7])
+@pytest.mark.parametrize("shape", [(2, 2, 9, 6, 5), (1, 3, 4, 7, 11), (1, 2, 8, 8, 2)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_single_output_conv3d_equals_conv3d_in_value_and_gradients(kernel_size, shape, channels_last):
+    """Depth-slice 2-D convolutions give conv3d's output and gradients, depth shorter than the kernel included."""
+    torch.manual_seed(0)
+    x = torch.randn(*shape, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    x.requires_grad_(True)
+    weight = torch.randn(1, shape[1], kernel_size, kernel_size, kernel_size, dtype=torch.float64, requires_grad=True)
+    expected = torch.nn.functional.conv3d(x, weight, padding=kernel_size // 2)
+    out = single_output_conv3d(x, weight)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-10)
+    upstream = torch.randn_like(expected)
+    for got, want in zip(
+        torch.autograd.grad(out, (x, weight), upstream), torch.autograd.grad(expected, (x, weight), upstream)
+    ):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
 
 
 def test_spatial_gate_starts_at_zero_scale():
