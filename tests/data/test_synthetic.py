@@ -130,17 +130,53 @@ def test_every_case_has_enhancing_distractors_outside_the_tumour():
         assert case.n_vessels >= 3 and (ratio[far] > 1.4).sum() >= 5, case
 
 
+def test_contrast_jitter_scales_only_healthy_tissue_by_a_per_case_factor():
+    """Healthy tissue gets a per-case, per-sequence factor N(1, jitter); the tumour and the rest of the case
+    are untouched (at 4 mm the partial-volume filter is the identity, so voxel values compare exactly)."""
+    jitter = 0.1
+    wm_factors = []
+    for index, is_lgg in enumerate((True, False, True, False, True, False)):
+        kwargs = dict(seed=2, is_lgg=is_lgg, ambiguous=False, spacing=4.0)
+        plain, seg, case = generate_case(index, **kwargs)  # the default: no jitter
+        jittered, seg_j, case_j = generate_case(index, contrast_jitter=jitter, **kwargs)
+        np.testing.assert_array_equal(seg, seg_j)
+        assert case == case_j
+        np.testing.assert_array_equal(jittered[:, seg > 0], plain[:, seg > 0])
+        rng = np.random.default_rng([2, index])  # replays the case's first draws: its grid, then its brain
+        tissue = synthetic._brain(synthetic._Grid(seg.shape, 4.0, rng), rng)[0]
+        wm = (tissue == synthetic._WM) & (seg == 0)
+        wm_factors.append(np.median(jittered[:, wm] / plain[:, wm], axis=1))
+    wm_factors = np.array(wm_factors)  # (case, sequence), as measured on the images
+    drawn = [np.random.default_rng([2, i, 2]).normal(1.0, jitter, (5, 4))[0] for i in range(6)]  # WM row
+    np.testing.assert_allclose(wm_factors, drawn, atol=0.01)  # up to the Rician noise
+    assert 0.5 * jitter < wm_factors.std() < 2 * jitter
+
+
 def test_generate_cohort_rejects_bad_arguments_and_stale_folders(tmp_path):
     with pytest.raises(ValueError, match="n_cases"):
         generate_cohort(tmp_path, n_cases=0)
     with pytest.raises(ValueError, match="lgg_fraction"):
         generate_cohort(tmp_path, n_cases=2, lgg_fraction=1.5)
+    with pytest.raises(ValueError, match="contrast_jitter"):
+        generate_cohort(tmp_path, n_cases=2, contrast_jitter=-0.1)
     generate_cohort(tmp_path, n_cases=2, spacing=12.0, progress=False)
     with pytest.raises(ValueError, match="BraTS20_Training_002"):
         generate_cohort(tmp_path, n_cases=1, spacing=12.0, progress=False)
 
 
 def test_cli_writes_the_requested_cohort(tmp_path):
-    out = synthetic.main(["--out", str(tmp_path / "cli"), "--cases", "2", "--seed", "1", "--spacing", "12"])
-    info = json.loads((out / "synthetic_cohort.json").read_text())
+    argv = [
+        "--out",
+        str(tmp_path / "cli"),
+        "--cases",
+        "2",
+        "--seed",
+        "1",
+        "--spacing",
+        "12",
+        "--contrast-jitter",
+        "0.2",
+    ]
+    info = json.loads((synthetic.main(argv) / "synthetic_cohort.json").read_text())
     assert info["n_cases"] == 2 and info["seed"] == 1 and info["shape"] == [20, 20, math.ceil(155 / 12)]
+    assert info["contrast_jitter"] == 0.2
