@@ -3,41 +3,140 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["AttentionGate", "QuadrupletAttention", "single_output_conv3d"]
+__all__ = ["AttentionGate", "QuadrupletAttention", "fft_conv3d", "max_mean_pool"]
 
 
-def single_output_conv3d(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``F.conv3d(x, weight, padding=k // 2)`` for one output channel, as 2-D convolutions of the depth slices.
+def _storage_order(x: torch.Tensor) -> tuple[int, ...]:
+    """The dimensions of a 5-D ``x`` in the order its elements are stored, outermost first.
 
-    Every depth slice is convolved in 2-D with the ``k`` depth taps of the kernel as ``k`` output channels, and
-    output slice ``d`` sums tap ``j`` of slice ``d + j − k // 2``. The values are the same (up to the order of
-    the fp32 sums); on CPU, oneDNN runs the 2→1-channel 7³ convolution of MAProtoNet's gates 4-5× slower than
-    these 2→7-channel 2-D ones, forward and backward.
+    ``(0, 2, 3, 4, 1)`` for ``channels_last_3d`` (not also contiguous), the identity otherwise. Reductions and
+    broadcasts over ``x.permute(order)``, a contiguous view, run at memory speed; over the logical dimensions of a
+    channels-last tensor, PyTorch's CPU kernels run 10-20× slower.
+    """
+    channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last_3d)
+    return (0, 2, 3, 4, 1) if channels_last else (0, 1, 2, 3, 4)
+
+
+def _inverse(order: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(order.index(a) for a in range(len(order)))
+
+
+def _logical_rest(order: tuple[int, ...], d: int) -> tuple[int, ...]:
+    """Permutation of a reduction over logical ``d`` of ``x.permute(order)`` to the other dims' logical order."""
+    stored = [a for a in order if a != d]
+    return tuple(stored.index(a) for a in sorted(stored))
+
+
+class _MaxMeanPool(torch.autograd.Function):
+    """``[max_d(x), mean_d(x)]`` for every ``d`` of ``dims``, with one gradient buffer for all of them.
+
+    Autograd's backward of these reductions writes a full-size tensor per reduction (zeros holding the max's
+    gradient at the maxima; the mean's gradient expanded) and adds them up; this backward broadcast-adds the
+    means' gradients into one buffer, stored as the input is, and scatters the maxima's into it.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, dims: tuple[int, ...]) -> tuple[torch.Tensor, ...]:  # type: ignore[override]
+        order = _storage_order(x)
+        dense = x.permute(order).contiguous()  # a view unless x is stored in neither order
+        pooled, indices = [], []
+        for d in dims:
+            values, index = dense.max(dim=order.index(d))
+            rest = _logical_rest(order, d)
+            pooled.append(torch.stack([values.permute(rest), dense.mean(dim=order.index(d)).permute(rest)], dim=1))
+            indices.append(index.unsqueeze(order.index(d)))
+        ctx.save_for_backward(*indices)
+        ctx.dims, ctx.order, ctx.dense_shape = dims, order, dense.shape
+        return tuple(pooled)
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor | None):  # type: ignore[override]
+        used = [(g, d, i) for g, d, i in zip(grads, ctx.dims, ctx.saved_tensors, strict=True) if g is not None]
+        if not used:
+            return None, None
+        order, shape = ctx.order, ctx.dense_shape
+        grad = used[0][0].new_empty(shape)  # stored like x.permute(order)
+        for n, (g, d, _) in enumerate(used):
+            mean_grad = (g[:, 1] / shape[order.index(d)]).unsqueeze(d).permute(order)
+            if n == 0:
+                grad.copy_(mean_grad.expand(shape))
+            else:
+                grad.add_(mean_grad)
+        for g, d, index in used:
+            grad.scatter_add_(order.index(d), index, g[:, 0].unsqueeze(d).permute(order))
+        return grad.permute(_inverse(order)), None
+
+
+def max_mean_pool(x: torch.Tensor, dims: tuple[int, ...]) -> tuple[torch.Tensor, ...]:
+    """The gates' pooling ``[max_d(x), mean_d(x)]`` over each dimension ``d`` of ``dims``, as (B, 2, ...) tensors.
+
+    Each output keeps the other dimensions of ``x`` in their order (``d = 3`` of a (B, C, H, W, D) tensor gives
+    (B, 2, C, H, D)). The reductions run over ``x`` as it is stored (:func:`_storage_order`). With gradients the
+    values are the same and the backward is one pass (:class:`_MaxMeanPool`); at a tie the max's gradient goes to
+    one of the tied elements, as ``torch.max(dim)`` does, where ``amax`` would share it out (both are
+    subgradients; fp32 ties are about one in 10⁷ elements).
+
+    Example:
+        >>> [tuple(p.shape) for p in max_mean_pool(torch.zeros(1, 8, 6, 5, 4), (1, 3))]
+        [(1, 2, 6, 5, 4), (1, 2, 8, 6, 4)]
+    """
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _MaxMeanPool.apply(x, tuple(dims))
+    order = _storage_order(x)
+    dense = x.permute(order).contiguous()
+    pooled = []
+    for d in dims:
+        i, rest = order.index(d), _logical_rest(order, d)
+        pooled.append(torch.stack([dense.amax(dim=i).permute(rest), dense.mean(dim=i).permute(rest)], dim=1))
+    return tuple(pooled)
+
+
+def _fft_size(n: int) -> int:
+    """The smallest 2-, 3- and 5-smooth integer ≥ ``n`` (sizes the FFTs run fastest on)."""
+    while True:
+        rest = n
+        for prime in (2, 3, 5):
+            while rest % prime == 0:
+                rest //= prime
+        if rest == 1:
+            return n
+        n += 1
+
+
+def fft_conv3d(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``F.conv3d(x, weight, padding=k // 2)`` (zero padding, odd kernel sizes) as a product of Fourier transforms.
+
+    Both are zero-padded to at least ``n + k − 1`` per axis, so the circular convolution of the FFTs is the
+    linear one; correlating with ``weight`` is convolving with it flipped. For MAProtoNet's gates (2 → 1
+    channels, 7³ kernels at 1×256×32×32×24) a direct convolution costs 686 MACs per voxel, which oneDNN runs far
+    below its usual rate on so few channels; the FFTs are 4-6× faster forward and 10-14× faster forward +
+    backward on one CPU thread (``benchmarks/bench_attention.py``). The values equal ``F.conv3d``'s to rounding
+    (fp64: 1e-12; fp32: about 1e-6 of the output's scale).
 
     Args:
         x: (B, C, H, W, D).
-        weight: (1, C, k, k, k), ``k`` odd.
+        weight: (O, C, k_H, k_W, k_D), odd sizes.
 
     Returns:
-        (B, 1, H, W, D).
+        (B, O, H, W, D).
     """
-    batch, channels, height, width, depth = x.shape
-    k = weight.shape[-1]
-    slices = x.permute(0, 4, 1, 2, 3).reshape(batch * depth, channels, height, width)
-    taps = F.conv2d(slices, weight[0].permute(3, 0, 1, 2), padding=k // 2).view(batch, depth, k, height, width)
-    taps = F.pad(taps, (0, 0, 0, 0, 0, 0, k // 2, k // 2))  # zero slices beyond both ends of the depth axis
-    out = sum(taps[:, j : j + depth, j] for j in range(k))
-    return out.permute(0, 2, 3, 1).unsqueeze(1)
+    spatial, kernel = x.shape[2:], weight.shape[2:]
+    size = [_fft_size(n + k - 1) for n, k in zip(spatial, kernel, strict=True)]
+    axes = (2, 3, 4)
+    signal = torch.fft.rfftn(x, s=size, dim=axes).unsqueeze(1)  # (B, 1, C, ...)
+    response = torch.fft.rfftn(weight.flip(axes), s=size, dim=axes)  # (O, C, ...)
+    full = torch.fft.irfftn((signal * response).sum(dim=2), s=size, dim=axes)  # (B, O, *size)
+    return full[(..., *(slice(k // 2, k // 2 + n) for n, k in zip(spatial, kernel, strict=True)))]
 
 
 class AttentionGate(nn.Module):
     """``G(t) = t · sigmoid(BN(Conv3d(2→1, 7³)([max_1(t), mean_1(t)])))``: a gate pooled over dimension 1.
 
-    On CPU the convolution runs as :func:`single_output_conv3d` (same values, several times faster there); on
-    CUDA as cuDNN's ``conv3d``. Its weight stays an ``nn.Conv3d``'s, so checkpoints are unchanged.
+    On CPU the convolution runs as :func:`fft_conv3d` (same values, several times faster there); elsewhere (CUDA,
+    the meta device) and in a traced TorchScript export as ``conv3d``. Its weight stays an ``nn.Conv3d``'s, so
+    checkpoints are unchanged.
 
     Args:
         zero_init: start the BN scale at 0 (sigmoid(β) everywhere), as MAProtoNet does for its plain
@@ -51,10 +150,15 @@ class AttentionGate(nn.Module):
         if zero_init:
             nn.init.zeros_(self.bn.weight)
 
+    def weights(self, pooled: torch.Tensor) -> torch.Tensor:
+        """``sigmoid(BN(conv(pooled)))`` of the (B, 2, ...) ``[max, mean]`` pooling: the gate's (B, 1, ...) factor."""
+        # conv3d on CUDA, on the meta device (MAC counting) and in a traced export (valid for any input size)
+        fft = pooled.device.type == "cpu" and not torch.jit.is_tracing()
+        logits = fft_conv3d(pooled, self.conv.weight) if fft else self.conv(pooled)
+        return torch.sigmoid(self.bn(logits))
+
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        pooled = torch.cat([t.amax(dim=1, keepdim=True), t.mean(dim=1, keepdim=True)], dim=1)
-        logits = self.conv(pooled) if pooled.is_cuda else single_output_conv3d(pooled, self.conv.weight)
-        return t * torch.sigmoid(self.bn(logits))
+        return t * self.weights(max_mean_pool(t, (1,))[0])
 
 
 class QuadrupletAttention(nn.Module):
@@ -62,6 +166,10 @@ class QuadrupletAttention(nn.Module):
 
     The first three branches move one spatial axis into the channel slot (so the 7³ convolution runs
     over the remaining three axes, channels included), the fourth is a plain spatial gate.
+
+    The four gates' factors are broadcast along their pooled axes and summed before one product with the
+    input, ``out = x · ¼ Σ_g w_g``, which equals ``¼ Σ_g G_g(x)`` without the permuted copies of ``x``; the
+    eight poolings run in one pass of :func:`max_mean_pool`.
 
     Example:
         >>> QuadrupletAttention()(torch.randn(2, 8, 6, 6, 4)).shape
@@ -76,8 +184,21 @@ class QuadrupletAttention(nn.Module):
         self.axis_gates = nn.ModuleList(AttentionGate(kernel_size) for _ in self._PERMUTATIONS)
         self.spatial_gate = AttentionGate(kernel_size, zero_init=True)
 
+    @staticmethod
+    def _pooled_order(perm: tuple[int, ...]) -> tuple[int, ...]:
+        """Permutation of a pooling over ``perm[1]`` (other axes in the input's order) to the gate's axis order."""
+        rest = [a for a in range(1, 5) if a != perm[1]]
+        return (0, 1, *(2 + rest.index(a) for a in perm[2:]))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.spatial_gate(x)
-        for perm, gate in zip(self._PERMUTATIONS, self.axis_gates):
-            out = out + gate(x.permute(perm)).permute(perm)
-        return out / 4.0
+        pooled = max_mean_pool(x, (1, *(perm[1] for perm in self._PERMUTATIONS)))
+        factors = [0.25 * self.spatial_gate.weights(pooled[0])]  # (B, 1, H, W, D), then (B, C, 1, W, D) ...
+        for perm, gate, branch in zip(self._PERMUTATIONS, self.axis_gates, pooled[1:], strict=True):
+            factors.append(0.25 * gate.weights(branch.permute(self._pooled_order(perm))).permute(perm))
+        # ¼ Σ_g w_g and the product, over x as it is stored (see _storage_order)
+        order = _storage_order(x)
+        dense = x.permute(order).contiguous()
+        factor = factors[1].permute(order).expand(dense.shape).contiguous()
+        for w in (factors[0], *factors[2:]):
+            factor = factor.add_(w.permute(order))
+        return (dense * factor).permute(_inverse(order))

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from monai.networks.nets.resnet import ResNetBottleneck
 from network_cases import tiny_input
 from torch import nn
 
-from monai_protoshare.networks import QuadrupletAttention, ResNetEncoder
+from monai_protoshare.networks import QuadrupletAttention, ResNetEncoder, quadruplet_attention
 from monai_protoshare.networks.encoder import AttentiveBottleneck
-from monai_protoshare.networks.quadruplet_attention import AttentionGate, single_output_conv3d
+from monai_protoshare.networks.quadruplet_attention import AttentionGate, fft_conv3d, max_mean_pool
 
 
 def test_cpu_small_encoder_scales():
@@ -118,8 +120,8 @@ def test_attention_gate_formula():
 @pytest.mark.parametrize("kernel_size", [3, 7])
 @pytest.mark.parametrize("shape", [(2, 2, 9, 6, 5), (1, 3, 4, 7, 11), (1, 2, 8, 8, 2)])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_single_output_conv3d_equals_conv3d_in_value_and_gradients(kernel_size, shape, channels_last):
-    """Depth-slice 2-D convolutions give conv3d's output and gradients, depth shorter than the kernel included."""
+def test_fft_conv3d_equals_conv3d_in_value_and_gradients(kernel_size, shape, channels_last):
+    """The FFT convolution gives conv3d's output and gradients, axes shorter than the kernel included."""
     torch.manual_seed(0)
     x = torch.randn(*shape, dtype=torch.float64)
     if channels_last:
@@ -127,13 +129,104 @@ def test_single_output_conv3d_equals_conv3d_in_value_and_gradients(kernel_size, 
     x.requires_grad_(True)
     weight = torch.randn(1, shape[1], kernel_size, kernel_size, kernel_size, dtype=torch.float64, requires_grad=True)
     expected = torch.nn.functional.conv3d(x, weight, padding=kernel_size // 2)
-    out = single_output_conv3d(x, weight)
+    out = fft_conv3d(x, weight)
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-10)
     upstream = torch.randn_like(expected)
     for got, want in zip(
         torch.autograd.grad(out, (x, weight), upstream), torch.autograd.grad(expected, (x, weight), upstream)
     ):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+
+
+def test_fft_conv3d_with_several_output_channels_and_an_anisotropic_kernel():
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, 10, 7, 5, dtype=torch.float64)
+    weight = torch.randn(4, 3, 5, 3, 7, dtype=torch.float64)
+    expected = torch.nn.functional.conv3d(x, weight, padding=(2, 1, 3))
+    torch.testing.assert_close(fft_conv3d(x, weight), expected, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize(("n", "size"), [(1, 1), (7, 8), (31, 32), (38, 40), (262, 270), (125, 125)])
+def test_fft_sizes_are_the_next_2_3_5_smooth_integer(n, size):
+    assert quadruplet_attention._fft_size(n) == size
+
+
+def test_fft_conv3d_in_fp32_is_close_to_conv3d():
+    torch.manual_seed(2)
+    x, weight = torch.randn(1, 2, 40, 12, 9), torch.randn(1, 2, 7, 7, 7)
+    expected = torch.nn.functional.conv3d(x, weight, padding=3)
+    assert (fft_conv3d(x, weight) - expected).abs().max() < 1e-5 * expected.abs().max()
+
+
+def _autograd_pooling(x: torch.Tensor, d: int) -> torch.Tensor:
+    return torch.stack([x.amax(dim=d), x.mean(dim=d)], dim=1)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dims", [(1,), (3,), (1, 2, 3, 4), (4, 2)])
+def test_max_mean_pool_matches_autograd_in_value_gradient_and_layout(dims, channels_last):
+    """One-pass backward = autograd's of amax and mean (no ties in random data); unused outputs get no gradient."""
+    torch.manual_seed(3)
+    x = torch.randn(2, 5, 6, 4, 3, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    x.requires_grad_(True)
+    pooled = max_mean_pool(x, dims)
+    expected = [_autograd_pooling(x, d) for d in dims]
+    assert [tuple(p.shape) for p in pooled] == [tuple(e.shape) for e in expected]
+    for p, e in zip(pooled, expected, strict=True):
+        torch.testing.assert_close(p, e, rtol=0, atol=1e-12)
+    upstream = [torch.randn_like(e) for e in expected]
+    used = slice(0, max(1, len(dims) - 1))  # the last output unused when there are several
+    (grad,) = torch.autograd.grad(pooled[used], x, upstream[used])
+    (want,) = torch.autograd.grad(expected[used], x, upstream[used])
+    torch.testing.assert_close(grad, want, rtol=0, atol=1e-12)
+    assert grad.is_contiguous(memory_format=torch.channels_last_3d if channels_last else torch.contiguous_format)
+    with torch.no_grad():
+        for p, e in zip(max_mean_pool(x, dims), expected, strict=True):
+            torch.testing.assert_close(p, e, rtol=0, atol=1e-12)
+
+
+def _reference_quadruplet(att: QuadrupletAttention, x: torch.Tensor) -> torch.Tensor:
+    """The formula with plain autograd ops: ¼ Σ_g G_g(x permuted), G(t) = t · sigmoid(BN(conv3d([max, mean])))."""
+
+    def gate(g: AttentionGate, t: torch.Tensor) -> torch.Tensor:
+        pooled = torch.cat([t.amax(dim=1, keepdim=True), t.mean(dim=1, keepdim=True)], dim=1)
+        return t * torch.sigmoid(g.bn(torch.nn.functional.conv3d(pooled, g.conv.weight, padding=g.conv.padding)))
+
+    out = gate(att.spatial_gate, x)
+    for perm, g in zip(att._PERMUTATIONS, att.axis_gates, strict=True):
+        out = out + gate(g, x.permute(perm)).permute(perm)
+    return out / 4
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_quadruplet_attention_equals_the_formula_in_value_and_all_gradients(channels_last):
+    """The fused form (pool once, sum the broadcast factors, one product) = the four gates of the formula."""
+    torch.manual_seed(4)
+    att = QuadrupletAttention(kernel_size=3).double().train()
+    with torch.no_grad():
+        for g in (*att.axis_gates, att.spatial_gate):
+            g.bn.weight.uniform_(0.5, 1.5)
+            g.bn.bias.uniform_(-0.5, 0.5)
+    reference = copy.deepcopy(att)
+    x = torch.randn(2, 6, 5, 4, 7, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    x.requires_grad_(True)
+    out, expected = att(x), _reference_quadruplet(reference, x)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+    assert out.is_contiguous(memory_format=torch.channels_last_3d if channels_last else torch.contiguous_format)
+    upstream = torch.randn_like(out)
+    got = torch.autograd.grad(out, (x, *att.parameters()), upstream)
+    want = torch.autograd.grad(expected, (x, *reference.parameters()), upstream)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+    for a, b in zip(att.buffers(), reference.buffers(), strict=True):  # BN running statistics
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    att.eval(), reference.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(att(x), _reference_quadruplet(reference, x), rtol=0, atol=1e-12)
 
 
 def test_spatial_gate_starts_at_zero_scale():

@@ -1,0 +1,142 @@
+"""MAProtoNet's quadruplet attention on CPU: its gate convolutions and the whole module, against the formula.
+
+For every attention input of MAProtoNet at a preset (recorded from the network), two tables, interleaved timing:
+
+* **gate convolutions**: each of the four pooled (B, 2, ...) maps through the 2 → 1-channel 7³ convolution, as
+  ``F.conv3d`` and as :func:`monai_protoshare.networks.quadruplet_attention.fft_conv3d` (what the gates run on CPU);
+  no-grad forward and forward + backward (input and weight gradients), the largest difference from ``F.conv3d``;
+* **module**: ``formula``, the attention as MAProtoNet writes it (each gate on a permuted view of the input, with
+  ``amax``, ``mean``, ``F.conv3d`` and its own product, then the mean of the four), against ``fused``, the
+  library's :class:`~monai_protoshare.networks.QuadrupletAttention` (one pooling pass with a one-pass backward, FFT
+  convolutions, the four factors summed before one product), on ``channels_last_3d`` inputs as in training.
+
+Usage::
+
+    python benchmarks/bench_attention.py --preset paper --threads 1
+    python benchmarks/bench_attention.py --preset cpu_small --threads 2
+
+Results: tables on stdout and ``benchmarks/results/attention_<preset>.json`` (``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from bench_common import PRESETS, RESULTS_DIR, interleaved, machine, preset_network, print_table
+
+from monai_protoshare.io import write_json
+from monai_protoshare.networks import QuadrupletAttention
+from monai_protoshare.networks.quadruplet_attention import fft_conv3d, max_mean_pool
+
+CONVOLUTIONS = {"conv3d": lambda x, w: F.conv3d(x, w, padding=w.shape[-1] // 2), "fft": fft_conv3d}
+
+
+def attention_inputs(preset: str) -> list[tuple[int, ...]]:
+    """The distinct (C, H, W, D) inputs of MAProtoNet's attention modules at ``preset``, from one forward."""
+    net = preset_network("maprotonet", preset).eval()
+    shapes: list[tuple[int, ...]] = []
+
+    def record(module, args):
+        if tuple(args[0].shape[1:]) not in shapes:
+            shapes.append(tuple(args[0].shape[1:]))
+
+    hooks = [m.register_forward_pre_hook(record) for m in net.modules() if isinstance(m, QuadrupletAttention)]
+    with torch.no_grad():
+        net(torch.randn(1, 4, *PRESETS[preset]["spatial_size"]))
+    for hook in hooks:
+        hook.remove()
+    return shapes
+
+
+def formula(att: QuadrupletAttention, x: torch.Tensor) -> torch.Tensor:
+    """¼ Σ_g G_g(x), each gate ``t · sigmoid(BN(conv3d([amax_1 t, mean_1 t])))`` on its own permuted view."""
+
+    def gate(g, t):
+        pooled = torch.cat([t.amax(dim=1, keepdim=True), t.mean(dim=1, keepdim=True)], dim=1)
+        return t * torch.sigmoid(g.bn(F.conv3d(pooled, g.conv.weight, padding=g.conv.padding)))
+
+    out = gate(att.spatial_gate, x)
+    for perm, g in zip(att._PERMUTATIONS, att.axis_gates, strict=True):
+        out = out + gate(g, x.permute(perm)).permute(perm)
+    return out / 4
+
+
+def time_runs(runs: dict, inputs: list[torch.Tensor], repeats: int) -> list[dict]:
+    """No-grad forward and forward + backward (gradients of ``inputs``) of every run, interleaved."""
+
+    def forward_backward(fn):
+        out = fn()
+        out.backward(torch.ones_like(out))
+        for t in inputs:
+            t.grad = None
+
+    def no_grad(fn):
+        with torch.no_grad():
+            fn()
+
+    reference = next(iter(runs))
+    rows = {name: {"run": name} for name in runs}
+    for label, wrap in (("fwd", no_grad), ("fwd_bwd", forward_backward)):
+        timed = {name: (lambda fn=fn, wrap=wrap: wrap(fn)) for name, fn in runs.items()}
+        for row in interleaved(timed, repeats, reference):
+            rows[row["run"]].update({f"{label}_ms": row["median_s"] * 1e3, f"{label}_ratio": row["ratio"]})
+    with torch.no_grad():
+        expected = runs[reference]()
+        for name, fn in runs.items():
+            rows[name]["max_rel_error"] = ((fn() - expected).abs().max() / expected.abs().max()).item()
+    return list(rows.values())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="paper")
+    parser.add_argument("--batch", type=int, default=1, help="batch size (default 1, bench_models' paper batch)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, help="torch intra-op threads")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    convolutions, modules = [], []
+    for shape in attention_inputs(args.preset):
+        torch.manual_seed(0)
+        att = QuadrupletAttention().train()
+        x = torch.randn(args.batch, *shape).contiguous(memory_format=torch.channels_last_3d).requires_grad_(True)
+        dims = (1, *(perm[1] for perm in att._PERMUTATIONS))
+        with torch.no_grad():
+            orders = [(0, 1, 2, 3, 4), *(att._pooled_order(perm) for perm in att._PERMUTATIONS)]
+            pooled = [p.permute(order).contiguous() for p, order in zip(max_mean_pool(x, dims), orders, strict=True)]
+        weight = att.spatial_gate.conv.weight.detach().clone().requires_grad_(True)
+        for gate, p in zip(("C", "H", "W", "D"), pooled, strict=True):
+            p.requires_grad_(True)
+            runs = {name: (lambda fn=fn, p=p, w=weight: fn(p, w)) for name, fn in CONVOLUTIONS.items()}
+            for row in time_runs(runs, [p, weight], args.repeats):
+                convolutions.append({"input": "x".join(map(str, p.shape)), "pooled over": gate, **row})
+        runs = {"formula": lambda a=att, t=x: formula(a, t), "fused": lambda a=att, t=x: a(t)}
+        for row in time_runs(runs, [x], args.repeats):
+            modules.append({"input": "x".join(map(str, x.shape)), **row})
+    columns = [
+        ("fwd_ms", "fwd ms", ".1f"),
+        ("fwd_ratio", "fwd ×", ".2f"),
+        ("fwd_bwd_ms", "fwd+bwd ms", ".1f"),
+        ("fwd_bwd_ratio", "fwd+bwd ×", ".2f"),
+        ("max_rel_error", "max rel. error", ".1e"),
+    ]
+    threads = torch.get_num_threads()
+    print_table(
+        convolutions,
+        [("input", "pooled input", ""), ("pooled over", "pooled over", ""), ("run", "convolution", ""), *columns],
+        f"### Gate convolutions (2 → 1, 7³), `{args.preset}`, {threads} thread(s), median of {args.repeats}",
+    )
+    print_table(modules, [("input", "input", ""), ("run", "attention", ""), *columns], "### Quadruplet attention")
+    out = args.out or RESULTS_DIR / f"attention_{args.preset}.json"
+    write_json(out, {"machine": machine(), "threads": threads, "convolutions": convolutions, "modules": modules})
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
