@@ -176,9 +176,9 @@ def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str
 
 def synthetic_cohort(n_cases: int, spacing: float, seed: int = 0) -> Path:
     """A synthetic BraTS-layout cohort under :data:`SCRATCH_DIR`, generated once and reused."""
-    from monai_protoshare.data.synthetic import generate_cohort
+    from monai_protoshare.data.synthetic import GENERATOR_VERSION, generate_cohort
 
-    path = SCRATCH_DIR / f"cohort_{n_cases}cases_{spacing:g}mm_seed{seed}"
+    path = SCRATCH_DIR / f"cohort_{n_cases}cases_{spacing:g}mm_seed{seed}_v{GENERATOR_VERSION}"
     if not (path / "name_mapping.csv").is_file():
         generate_cohort(path, n_cases=n_cases, seed=seed, spacing=spacing, progress=False)
     return path

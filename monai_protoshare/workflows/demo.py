@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..data.synthetic import generate_cohort
+from ..data.synthetic import GENERATOR_VERSION, generate_cohort
 from .run_info import save_run_info
 
 __all__ = ["DEFAULT_BUNDLES_DIR", "bundle_workflow", "main", "run_demo"]
@@ -49,11 +49,15 @@ def bundle_workflow(bundle_dir: str | Path, configs: Sequence[str], workflow_typ
 
 
 def _demo_cohort(path: Path, cases: int, seed: int) -> Path:
-    """The synthetic cohort at ``path``, generated when absent (kept for later runs)."""
-    mapping = path / "name_mapping.csv"
-    if mapping.is_file() and sum(1 for _ in mapping.open()) - 1 == cases:
+    """The synthetic cohort at ``path``, generated when absent or written differently (kept for later runs)."""
+    info_file = path / "synthetic_cohort.json"
+    info = json.loads(info_file.read_text()) if info_file.is_file() else {}
+    wanted = {"version": GENERATOR_VERSION, "n_cases": cases, "seed": seed, "lgg_fraction": DEMO_LGG_FRACTION}
+    if info and all(info.get(key) == value for key, value in wanted.items()):
         logger.info("using the synthetic cohort in %s", path)
         return path
+    if info:
+        logger.info("regenerating the synthetic cohort in %s: it was written with other settings", path)
     logger.info("generating a synthetic cohort of %d cases in %s", cases, path)
     return generate_cohort(path, n_cases=cases, seed=seed, lgg_fraction=DEMO_LGG_FRACTION)
 

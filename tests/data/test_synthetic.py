@@ -120,6 +120,19 @@ def test_hgg_has_an_enhancing_rim_around_a_dark_core_and_lgg_does_not(ambiguous)
         assert rim[t1ce] > 1.4 * rim[t1]
 
 
+def test_lgg_mass_shows_the_t2_flair_mismatch_sign_and_hgg_oedema_does_not():
+    """LGG: the mass is T2-bright but FLAIR-suppressed inside a FLAIR-bright rim; HGG oedema is FLAIR-bright."""
+    t2, flair = 2, 3
+    for index in (2, 4):
+        lgg, seg, _ = generate_case(index, seed=0, is_lgg=True, ambiguous=False, spacing=3.0)
+        mass, rim = _region_means(lgg, seg, [1]), _region_means(lgg, seg, [2])
+        assert mass[t2] > 1.15 * rim[t2] and mass[flair] < 0.7 * rim[flair]
+        assert mass[t2] / mass[flair] > 1.5 and rim[t2] / rim[flair] < 1.1
+    hgg, seg, _ = generate_case(1, seed=0, is_lgg=False, ambiguous=False, spacing=3.0)
+    oedema = _region_means(hgg, seg, [2])
+    assert oedema[t2] / oedema[flair] < 1.1
+
+
 def test_every_case_has_enhancing_distractors_outside_the_tumour():
     for index, is_lgg in ((0, True), (1, False), (2, True)):
         images, seg, case = generate_case(index, seed=5, is_lgg=is_lgg, ambiguous=False, spacing=3.0)
@@ -180,3 +193,4 @@ def test_cli_writes_the_requested_cohort(tmp_path):
     info = json.loads((synthetic.main(argv) / "synthetic_cohort.json").read_text())
     assert info["n_cases"] == 2 and info["seed"] == 1 and info["shape"] == [20, 20, math.ceil(155 / 12)]
     assert info["contrast_jitter"] == 0.2
+    assert info["generator"] == "monai_protoshare.data.synthetic" and info["version"] == synthetic.GENERATOR_VERSION
