@@ -8,15 +8,17 @@ from torch import nn
 __all__ = ["AttentionGate", "QuadrupletAttention", "fft_conv3d", "max_mean_pool"]
 
 
-def _storage_order(x: torch.Tensor) -> tuple[int, ...]:
-    """The dimensions of a 5-D ``x`` in the order its elements are stored, outermost first.
+def _stored(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """``(x.permute(order), order)`` with the dimensions of a 5-D ``x`` in the order its elements are stored.
 
-    ``(0, 2, 3, 4, 1)`` for ``channels_last_3d`` (not also contiguous), the identity otherwise. Reductions and
-    broadcasts over ``x.permute(order)``, a contiguous view, run at memory speed; over the logical dimensions of a
-    channels-last tensor, PyTorch's CPU kernels run 10-20× slower.
+    ``order`` is ``(0, 2, 3, 4, 1)`` for ``channels_last_3d`` (not also contiguous), the identity otherwise; the
+    permuted tensor is a contiguous view (a copy only for a tensor stored in neither order). Reductions and
+    broadcasts over it run at memory speed; over the logical dimensions of a channels-last tensor, PyTorch's CPU
+    kernels run 10-20× slower.
     """
     channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last_3d)
-    return (0, 2, 3, 4, 1) if channels_last else (0, 1, 2, 3, 4)
+    order = (0, 2, 3, 4, 1) if channels_last else (0, 1, 2, 3, 4)
+    return x.permute(order).contiguous(), order
 
 
 def _inverse(order: tuple[int, ...]) -> tuple[int, ...]:
@@ -39,8 +41,7 @@ class _MaxMeanPool(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, dims: tuple[int, ...]) -> tuple[torch.Tensor, ...]:  # type: ignore[override]
-        order = _storage_order(x)
-        dense = x.permute(order).contiguous()  # a view unless x is stored in neither order
+        dense, order = _stored(x)
         pooled, indices = [], []
         for d in dims:
             values, index = dense.max(dim=order.index(d))
@@ -73,7 +74,7 @@ def max_mean_pool(x: torch.Tensor, dims: tuple[int, ...]) -> tuple[torch.Tensor,
     """The gates' pooling ``[max_d(x), mean_d(x)]`` over each dimension ``d`` of ``dims``, as (B, 2, ...) tensors.
 
     Each output keeps the other dimensions of ``x`` in their order (``d = 3`` of a (B, C, H, W, D) tensor gives
-    (B, 2, C, H, D)). The reductions run over ``x`` as it is stored (:func:`_storage_order`). With gradients the
+    (B, 2, C, H, D)). The reductions run over ``x`` as it is stored (:func:`_stored`). With gradients the
     values are the same and the backward is one pass (:class:`_MaxMeanPool`); at a tie the max's gradient goes to
     one of the tied elements, as ``torch.max(dim)`` does, where ``amax`` would share it out (both are
     subgradients; fp32 ties are about one in 10⁷ elements).
@@ -84,8 +85,7 @@ def max_mean_pool(x: torch.Tensor, dims: tuple[int, ...]) -> tuple[torch.Tensor,
     """
     if torch.is_grad_enabled() and x.requires_grad:
         return _MaxMeanPool.apply(x, tuple(dims))
-    order = _storage_order(x)
-    dense = x.permute(order).contiguous()
+    dense, order = _stored(x)
     pooled = []
     for d in dims:
         i, rest = order.index(d), _logical_rest(order, d)
@@ -195,9 +195,8 @@ class QuadrupletAttention(nn.Module):
         factors = [0.25 * self.spatial_gate.weights(pooled[0])]  # (B, 1, H, W, D), then (B, C, 1, W, D) ...
         for perm, gate, branch in zip(self._PERMUTATIONS, self.axis_gates, pooled[1:], strict=True):
             factors.append(0.25 * gate.weights(branch.permute(self._pooled_order(perm))).permute(perm))
-        # ¼ Σ_g w_g and the product, over x as it is stored (see _storage_order)
-        order = _storage_order(x)
-        dense = x.permute(order).contiguous()
+        # ¼ Σ_g w_g and the product, over x as it is stored (see _stored)
+        dense, order = _stored(x)
         factor = factors[1].permute(order).expand(dense.shape).contiguous()
         for w in (factors[0], *factors[2:]):
             factor = factor.add_(w.permute(order))
