@@ -1,6 +1,7 @@
-"""MAProtoNet's quadruplet attention on CPU: its gate convolutions and the whole module, against the formula.
+"""MAProtoNet's quadruplet attention and multi-scale fusion on CPU, against the formulas they compute.
 
-For every attention input of MAProtoNet at a preset (recorded from the network), two tables, interleaved timing:
+For every attention and fusion input of MAProtoNet at a preset (recorded from the network), three tables,
+interleaved timing:
 
 * **gate convolutions**: each of the four pooled (B, 2, ...) maps through the 2 → 1-channel 7³ convolution, as
   ``F.conv3d`` and as :func:`monai_protoshare.networks.quadruplet_attention.fft_conv3d` (what the gates run on CPU);
@@ -8,7 +9,12 @@ For every attention input of MAProtoNet at a preset (recorded from the network),
 * **module**: ``formula``, the attention as MAProtoNet writes it (each gate on a permuted view of the input, with
   ``amax``, ``mean``, ``F.conv3d`` and its own product, then the mean of the four), against ``fused``, the
   library's :class:`~monai_protoshare.networks.QuadrupletAttention` (one pooling pass with a one-pass backward, FFT
-  convolutions, the four factors summed before one product), on ``channels_last_3d`` inputs as in training.
+  convolutions, the four factors summed before one product), on ``channels_last_3d`` inputs as in training;
+* **fusion**: ``formula``, ``cat[avg_pool3d(s1, 3, 2, 1), max_pool3d(s1, 3, 2, 1), s2]`` with PyTorch's pooling,
+  against the library's :class:`~monai_protoshare.networks.MultiScaleFeatureFusion` (``box_mean_pool3d``, the
+  max-pooled stem's gradient kept channels-last), on inputs in the layouts a channels-last forward gives them at
+  this thread count (at one thread layer1's output is contiguous: PyTorch runs 1×1×1 convolutions there as
+  ``slow_conv3d``).
 
 Usage::
 
@@ -28,7 +34,7 @@ import torch.nn.functional as F
 from bench_common import PRESETS, RESULTS_DIR, interleaved, machine, preset_network, print_table
 
 from monai_protoshare.io import write_json
-from monai_protoshare.networks import QuadrupletAttention
+from monai_protoshare.networks import MultiScaleFeatureFusion, QuadrupletAttention
 from monai_protoshare.networks.quadruplet_attention import fft_conv3d, max_mean_pool
 
 CONVOLUTIONS = {"conv3d": lambda x, w: F.conv3d(x, w, padding=w.shape[-1] // 2), "fft": fft_conv3d}
@@ -49,6 +55,35 @@ def attention_inputs(preset: str) -> list[tuple[int, ...]]:
     for hook in hooks:
         hook.remove()
     return shapes
+
+
+def _layout(t: torch.Tensor) -> torch.memory_format:
+    channels_last = not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last_3d)
+    return torch.channels_last_3d if channels_last else torch.contiguous_format
+
+
+def fusion_inputs(preset: str) -> list[tuple[tuple[tuple[int, ...], torch.memory_format], ...]]:
+    """The distinct ((C, H, W, D), memory format) pairs of MAProtoNet's fusions' inputs, from a channels-last forward."""
+    net = preset_network("maprotonet", preset).eval().to(memory_format=torch.channels_last_3d)
+    inputs: list[tuple[tuple[tuple[int, ...], torch.memory_format], ...]] = []
+
+    def record(module, args):
+        key = tuple((tuple(a.shape[1:]), _layout(a)) for a in args)
+        if key not in inputs:
+            inputs.append(key)
+
+    hooks = [m.register_forward_pre_hook(record) for m in net.modules() if isinstance(m, MultiScaleFeatureFusion)]
+    image = torch.randn(1, 4, *PRESETS[preset]["spatial_size"]).contiguous(memory_format=torch.channels_last_3d)
+    with torch.no_grad():
+        net(image)
+    for hook in hooks:
+        hook.remove()
+    return inputs
+
+
+def fusion_formula(fine: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
+    """MAProtoNet's fusion with PyTorch's pooling: ``cat[avg_pool3d(fine, 3, 2, 1), max_pool3d(fine, 3, 2, 1), coarse]``."""
+    return torch.cat([F.avg_pool3d(fine, 3, 2, 1), F.max_pool3d(fine, 3, 2, 1), coarse], dim=1)
 
 
 def formula(att: QuadrupletAttention, x: torch.Tensor) -> torch.Tensor:
@@ -118,6 +153,21 @@ def main(argv: list[str] | None = None) -> int:
         runs = {"formula": lambda a=att, t=x: formula(a, t), "fused": lambda a=att, t=x: a(t)}
         for row in time_runs(runs, [x], args.repeats):
             modules.append({"input": "x".join(map(str, x.shape)), **row})
+    fusions = []
+    for (fine_shape, fine_layout), (coarse_shape, coarse_layout) in fusion_inputs(args.preset):
+        torch.manual_seed(0)
+        fine = torch.relu(torch.randn(args.batch, *fine_shape)).contiguous(memory_format=fine_layout)
+        coarse = torch.randn(args.batch, *coarse_shape).contiguous(memory_format=coarse_layout)
+        fine.requires_grad_(True), coarse.requires_grad_(True)
+        fusion = MultiScaleFeatureFusion((fine_shape[0], coarse_shape[0]))
+        runs = {
+            "formula": lambda f=fine, c=coarse: fusion_formula(f, c),
+            "library": lambda f=fine, c=coarse, m=fusion: m(f, c),
+        }
+        names = {torch.channels_last_3d: "channels-last", torch.contiguous_format: "contiguous"}
+        for row in time_runs(runs, [fine, coarse], args.repeats):
+            inputs = [f"{'x'.join(map(str, t.shape))} {names[_layout(t)]}" for t in (fine, coarse)]
+            fusions.append({"stem": inputs[0], "stage": inputs[1], **row})
     columns = [
         ("fwd_ms", "fwd ms", ".1f"),
         ("fwd_ratio", "fwd ×", ".2f"),
@@ -132,8 +182,14 @@ def main(argv: list[str] | None = None) -> int:
         f"### Gate convolutions (2 → 1, 7³), `{args.preset}`, {threads} thread(s), median of {args.repeats}",
     )
     print_table(modules, [("input", "input", ""), ("run", "attention", ""), *columns], "### Quadruplet attention")
+    print_table(
+        fusions,
+        [("stem", "stem (s1)", ""), ("stage", "layer1 (s2)", ""), ("run", "fusion", ""), *columns],
+        "### Multi-scale fusion",
+    )
     out = args.out or RESULTS_DIR / f"attention_{args.preset}.json"
-    write_json(out, {"machine": machine(), "threads": threads, "convolutions": convolutions, "modules": modules})
+    result = {"convolutions": convolutions, "modules": modules, "fusions": fusions}
+    write_json(out, {"machine": machine(), "threads": threads, **result})
     print(f"\nwrote {out}")
     return 0
 

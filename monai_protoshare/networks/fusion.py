@@ -7,6 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import resample
+from .layout import with_gradient_layout
+from .pooling import box_mean_pool3d
 
 __all__ = ["ConcatFusion", "GatedFusion", "MultiScaleFeatureFusion"]
 
@@ -60,7 +62,9 @@ class MultiScaleFeatureFusion(nn.Module):
 
     ``concat[AvgPool3d(3, 2, 1)(s1), MaxPool3d(3, 2, 1)(s1), s2]``: (B, 2·C1 + C2, h2, w2, d2). The
     pooled stem is resized to s2's exact size, so no input size can make the two disagree (the public
-    code crashes at 4×64×64×48 when its mapping loss rescales by 0.875).
+    code crashes at 4×64×64×48 when its mapping loss rescales by 0.875). On CPU the average pooling runs as
+    :func:`.pooling.box_mean_pool3d` (the same values; PyTorch's copies the channels-last stem first), and the
+    max-pooled stem gets its gradient in its own layout (:func:`.layout.with_gradient_layout`).
     """
 
     def __init__(self, channels: tuple[int, int]) -> None:
@@ -68,7 +72,9 @@ class MultiScaleFeatureFusion(nn.Module):
         self.out_channels = 2 * channels[0] + channels[1]
 
     def forward(self, fine: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
-        pooled = [F.avg_pool3d(fine, 3, 2, 1), F.max_pool3d(fine, 3, 2, 1)]
+        separable = fine.device.type == "cpu" and not torch.jit.is_tracing()  # a traced export keeps the aten op
+        average = box_mean_pool3d(fine) if separable else F.avg_pool3d(fine, 3, 2, 1)
+        pooled = [average, with_gradient_layout(F.max_pool3d(fine, 3, 2, 1))]  # a gradient sliced from the cat
         if pooled[0].shape[2:] != coarse.shape[2:]:
             pooled = [resample.resize_trilinear(p, coarse.shape[2:]) for p in pooled]
         return torch.cat(pooled + [coarse], dim=1)

@@ -5,24 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["AttentionGate", "QuadrupletAttention", "fft_conv3d", "max_mean_pool"]
+from .layout import inverse_permutation, stored_view
 
-
-def _stored(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
-    """``(x.permute(order), order)`` with the dimensions of a 5-D ``x`` in the order its elements are stored.
-
-    ``order`` is ``(0, 2, 3, 4, 1)`` for ``channels_last_3d`` (not also contiguous), the identity otherwise; the
-    permuted tensor is a contiguous view (a copy only for a tensor stored in neither order). Reductions and
-    broadcasts over it run at memory speed; over the logical dimensions of a channels-last tensor, PyTorch's CPU
-    kernels run 10-20× slower.
-    """
-    channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last_3d)
-    order = (0, 2, 3, 4, 1) if channels_last else (0, 1, 2, 3, 4)
-    return x.permute(order).contiguous(), order
-
-
-def _inverse(order: tuple[int, ...]) -> tuple[int, ...]:
-    return tuple(order.index(a) for a in range(len(order)))
+__all__ = ["AttentionGate", "QuadrupletAttention", "fft_conv3d", "max_mean_pool", "single_channel_batch_norm"]
 
 
 def _logical_rest(order: tuple[int, ...], d: int) -> tuple[int, ...]:
@@ -41,7 +26,7 @@ class _MaxMeanPool(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, dims: tuple[int, ...]) -> tuple[torch.Tensor, ...]:  # type: ignore[override]
-        dense, order = _stored(x)
+        dense, order = stored_view(x)
         pooled, indices = [], []
         for d in dims:
             values, index = dense.max(dim=order.index(d))
@@ -67,17 +52,17 @@ class _MaxMeanPool(torch.autograd.Function):
                 grad.add_(mean_grad)
         for g, d, index in used:
             grad.scatter_add_(order.index(d), index, g[:, 0].unsqueeze(d).permute(order))
-        return grad.permute(_inverse(order)), None
+        return grad.permute(inverse_permutation(order)), None
 
 
 def max_mean_pool(x: torch.Tensor, dims: tuple[int, ...]) -> tuple[torch.Tensor, ...]:
     """The gates' pooling ``[max_d(x), mean_d(x)]`` over each dimension ``d`` of ``dims``, as (B, 2, ...) tensors.
 
     Each output keeps the other dimensions of ``x`` in their order (``d = 3`` of a (B, C, H, W, D) tensor gives
-    (B, 2, C, H, D)). The reductions run over ``x`` as it is stored (:func:`_stored`). With gradients the
-    values are the same and the backward is one pass (:class:`_MaxMeanPool`); at a tie the max's gradient goes to
-    one of the tied elements, as ``torch.max(dim)`` does, where ``amax`` would share it out (both are
-    subgradients; fp32 ties are about one in 10⁷ elements).
+    (B, 2, C, H, D)). The reductions run over ``x`` as it is stored (:func:`.layout.stored_view`). With
+    gradients the values are the same and the backward is one pass (:class:`_MaxMeanPool`); at a tie the max's
+    gradient goes to one of the tied elements, as ``torch.max(dim)`` does, where ``amax`` would share it out (both
+    are subgradients; fp32 ties are about one in 10⁷ elements).
 
     Example:
         >>> [tuple(p.shape) for p in max_mean_pool(torch.zeros(1, 8, 6, 5, 4), (1, 3))]
@@ -85,7 +70,7 @@ def max_mean_pool(x: torch.Tensor, dims: tuple[int, ...]) -> tuple[torch.Tensor,
     """
     if torch.is_grad_enabled() and x.requires_grad:
         return _MaxMeanPool.apply(x, tuple(dims))
-    dense, order = _stored(x)
+    dense, order = stored_view(x)
     pooled = []
     for d in dims:
         i, rest = order.index(d), _logical_rest(order, d)
@@ -110,10 +95,12 @@ def fft_conv3d(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
     Both are zero-padded to at least ``n + k − 1`` per axis, so the circular convolution of the FFTs is the
     linear one; correlating with ``weight`` is convolving with it flipped. For MAProtoNet's gates (2 → 1
-    channels, 7³ kernels at 1×256×32×32×24) a direct convolution costs 686 MACs per voxel, which oneDNN runs far
-    below its usual rate on so few channels; the FFTs are 4-6× faster forward and 10-14× faster forward +
-    backward on one CPU thread (``benchmarks/bench_attention.py``). The values equal ``F.conv3d``'s to rounding
-    (fp64: 1e-12; fp32: about 1e-6 of the output's scale).
+    channels, 7³ kernels at 1×256×32×32×24) a direct convolution costs 686 MACs per voxel, which oneDNN and
+    cuDNN run far below their usual rates on so few channels; the FFTs are 4-6× faster forward and 10-14× faster
+    forward + backward on one CPU thread (``benchmarks/bench_attention.py``), and made MAProtoNet's bf16
+    training step 1.27× faster on an H200. The values equal ``F.conv3d``'s to rounding (fp64: 1e-12; fp32: about
+    1e-6 of the output's scale). Half-precision inputs (bf16 autocast) are transformed in fp32, which cuFFT
+    and pocketfft need, and the result is cast back to ``x``'s dtype, as ``conv3d`` under autocast returns it.
 
     Args:
         x: (B, C, H, W, D).
@@ -122,21 +109,57 @@ def fft_conv3d(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     Returns:
         (B, O, H, W, D).
     """
+    out_dtype, dtype = x.dtype, torch.promote_types(x.dtype, torch.float32)
+    x, weight = x.to(dtype), weight.to(dtype)
     spatial, kernel = x.shape[2:], weight.shape[2:]
     size = [_fft_size(n + k - 1) for n, k in zip(spatial, kernel, strict=True)]
     axes = (2, 3, 4)
     signal = torch.fft.rfftn(x, s=size, dim=axes).unsqueeze(1)  # (B, 1, C, ...)
     response = torch.fft.rfftn(weight.flip(axes), s=size, dim=axes)  # (O, C, ...)
     full = torch.fft.irfftn((signal * response).sum(dim=2), s=size, dim=axes)  # (B, O, *size)
-    return full[(..., *(slice(k // 2, k // 2 + n) for n, k in zip(spatial, kernel, strict=True)))]
+    return full[(..., *(slice(k // 2, k // 2 + n) for n, k in zip(spatial, kernel, strict=True)))].to(out_dtype)
+
+
+def single_channel_batch_norm(bn: nn.BatchNorm3d, x: torch.Tensor) -> torch.Tensor:
+    """``bn(x)`` for a one-channel ``bn``, with whole-tensor reductions.
+
+    The same values, gradients and running-statistics updates as ``nn.BatchNorm3d``: in training the batch's
+    biased variance normalises and the unbiased one enters the running average (``momentum``, or the cumulative
+    average when it is ``None``); in eval mode the running statistics normalise. Statistics and normalisation run
+    in fp32 for half-precision inputs (as cuDNN's do); the result keeps ``x``'s dtype. cuDNN reduces each channel
+    of a batch norm within one thread block: for the gates' single channel of up to 32×256×32×24 values it took
+    36 of the 64 ms of an attention's bf16 forward + backward on an H200 (``benchmarks/README.md``).
+
+    Args:
+        bn: a ``BatchNorm3d(1)`` (its parameters and buffers are used and updated).
+        x: (B, 1, H, W, D).
+    """
+    wide = x.to(torch.promote_types(x.dtype, torch.float32))
+    if bn.training or not bn.track_running_stats:
+        if bn.training and x.numel() < 2:
+            raise ValueError(f"Expected more than 1 value per channel when training, got input size {list(x.shape)}")
+        var, mean = torch.var_mean(wide, correction=0)
+        if bn.training and bn.track_running_stats:
+            with torch.no_grad():
+                bn.num_batches_tracked.add_(1)
+                factor = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+                bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), factor)
+                bn.running_var.lerp_((var * (x.numel() / (x.numel() - 1))).to(bn.running_var.dtype), factor)
+    else:
+        mean, var = bn.running_mean, bn.running_var
+    normalised = (wide - mean) * torch.rsqrt(var + bn.eps)
+    if bn.affine:
+        normalised = normalised * bn.weight + bn.bias
+    return normalised.to(x.dtype)
 
 
 class AttentionGate(nn.Module):
     """``G(t) = t · sigmoid(BN(Conv3d(2→1, 7³)([max_1(t), mean_1(t)])))``: a gate pooled over dimension 1.
 
-    On CPU the convolution runs as :func:`fft_conv3d` (same values, several times faster there); elsewhere (CUDA,
-    the meta device) and in a traced TorchScript export as ``conv3d``. Its weight stays an ``nn.Conv3d``'s, so
-    checkpoints are unchanged.
+    The convolution runs as :func:`fft_conv3d` (same values, several times faster on CPU and CUDA) and, on CUDA,
+    the batch norm as :func:`single_channel_batch_norm`; on the meta device (where the MAC counters run) and in a
+    traced TorchScript export both are the modules' own. Weights and buffers stay an ``nn.Conv3d``'s and an
+    ``nn.BatchNorm3d``'s, so checkpoints are unchanged.
 
     Args:
         zero_init: start the BN scale at 0 (sigmoid(β) everywhere), as MAProtoNet does for its plain
@@ -152,10 +175,11 @@ class AttentionGate(nn.Module):
 
     def weights(self, pooled: torch.Tensor) -> torch.Tensor:
         """``sigmoid(BN(conv(pooled)))`` of the (B, 2, ...) ``[max, mean]`` pooling: the gate's (B, 1, ...) factor."""
-        # conv3d on CUDA, on the meta device (MAC counting) and in a traced export (valid for any input size)
-        fft = pooled.device.type == "cpu" and not torch.jit.is_tracing()
-        logits = fft_conv3d(pooled, self.conv.weight) if fft else self.conv(pooled)
-        return torch.sigmoid(self.bn(logits))
+        if pooled.device.type == "meta" or torch.jit.is_tracing():  # MAC counting; an export valid for any size
+            return torch.sigmoid(self.bn(self.conv(pooled)))
+        logits = fft_conv3d(pooled, self.conv.weight)
+        # on CPU nn.BatchNorm3d is 2.5x faster than the whole-tensor reductions; on CUDA far slower (one block)
+        return torch.sigmoid(single_channel_batch_norm(self.bn, logits) if logits.is_cuda else self.bn(logits))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         return t * self.weights(max_mean_pool(t, (1,))[0])
@@ -195,9 +219,9 @@ class QuadrupletAttention(nn.Module):
         factors = [0.25 * self.spatial_gate.weights(pooled[0])]  # (B, 1, H, W, D), then (B, C, 1, W, D) ...
         for perm, gate, branch in zip(self._PERMUTATIONS, self.axis_gates, pooled[1:], strict=True):
             factors.append(0.25 * gate.weights(branch.permute(self._pooled_order(perm))).permute(perm))
-        # ¼ Σ_g w_g and the product, over x as it is stored (see _stored)
-        dense, order = _stored(x)
+        # ¼ Σ_g w_g and the product, over x as it is stored (see stored_view)
+        dense, order = stored_view(x)
         factor = factors[1].permute(order).expand(dense.shape).contiguous()
         for w in (factors[0], *factors[2:]):
             factor = factor.add_(w.permute(order))
-        return (dense * factor).permute(_inverse(order))
+        return (dense * factor).permute(inverse_permutation(order))

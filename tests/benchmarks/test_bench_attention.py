@@ -3,7 +3,7 @@ import json
 from bench_attention import main
 
 
-def test_every_gate_convolution_and_the_module_are_timed_and_agree(tmp_path):
+def test_every_gate_convolution_the_attention_and_the_fusion_are_timed_and_agree(tmp_path):
     out = tmp_path / "attention.json"
     assert main(["--preset", "tiny", "--repeats", "1", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
@@ -23,3 +23,7 @@ def test_every_gate_convolution_and_the_module_are_timed_and_agree(tmp_path):
     modules = result["modules"]
     assert [(r["input"], r["run"]) for r in modules] == [("1x16x8x8x6", "formula"), ("1x16x8x8x6", "fused")]
     assert modules[1]["max_rel_error"] < 1e-5 and modules[1]["fwd_bwd_ms"] > 0
+    fusions = result["fusions"]  # the stem (channels-last from the stem's convolution) and layer1's output
+    assert [r["run"] for r in fusions] == ["formula", "library"]
+    assert fusions[0]["stem"].startswith("1x4x16x16x12 ") and fusions[0]["stage"].startswith("1x16x8x8x6 ")
+    assert fusions[1]["max_rel_error"] < 1e-6 and fusions[1]["fwd_bwd_ms"] > 0

@@ -4,13 +4,15 @@ with ``amp=True`` give the CPU's results (issue 11 item 7: a speed-up is kept on
 Skipped where torch sees no CUDA device (CI has none). On a GPU machine: ``pytest tests/engines/test_cuda.py``.
 """
 
+import copy
+
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
 from monai_protoshare.engines import PrototypeEvaluator, PrototypeTrainer, TrainingSchedule
 from monai_protoshare.handlers.metric_handlers import ActivationPrecision, BalancedAccuracy
-from monai_protoshare.networks import build_network, resize_trilinear
+from monai_protoshare.networks import QuadrupletAttention, build_network, resize_trilinear
 from tests.engines.test_prototype_evaluator import MaskedCases
 from tests.toy_data import TINY_NET, ToyCases
 
@@ -62,6 +64,28 @@ def test_resize_on_cuda_keeps_bf16_and_channels_last_and_matches_the_cpu(align_c
         resized = resize_trilinear(half, (13, 6, 12), align_corners)
     assert resized.dtype == torch.bfloat16 and resized.is_contiguous(memory_format=torch.channels_last_3d)
     torch.testing.assert_close(resized.float().cpu(), expected, rtol=0.02, atol=0.03)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_quadruplet_attention_on_cuda_equals_the_cpu_in_value_and_gradients(channels_last):
+    """The fused attention on CUDA (cuFFT gate convolutions, the pooling's scatter backward) = on the CPU."""
+    torch.manual_seed(0)
+    att = QuadrupletAttention(kernel_size=3).double().train()
+    with torch.no_grad():
+        for gate in (*att.axis_gates, att.spatial_gate):
+            gate.bn.weight.uniform_(0.5, 1.5)
+    x = torch.randn(2, 6, 5, 4, 7, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    upstream = torch.randn_like(x)
+    results = []
+    for device in ("cpu", "cuda"):
+        module, inputs = copy.deepcopy(att).to(device), x.to(device).requires_grad_()
+        out = module(inputs)
+        grads = torch.autograd.grad(out, (inputs, *module.parameters()), upstream.to(device))
+        results.append([t.cpu() for t in (out, *grads, *module.buffers())])
+    for cpu, gpu in zip(*results, strict=True):
+        torch.testing.assert_close(gpu, cpu, rtol=0, atol=1e-10)
 
 
 @pytest.mark.parametrize("name", PROTOTYPE_MODELS)

@@ -12,7 +12,12 @@ from torch import nn
 
 from monai_protoshare.networks import QuadrupletAttention, ResNetEncoder, quadruplet_attention
 from monai_protoshare.networks.encoder import AttentiveBottleneck
-from monai_protoshare.networks.quadruplet_attention import AttentionGate, fft_conv3d, max_mean_pool
+from monai_protoshare.networks.quadruplet_attention import (
+    AttentionGate,
+    fft_conv3d,
+    max_mean_pool,
+    single_channel_batch_norm,
+)
 
 
 def test_cpu_small_encoder_scales():
@@ -156,6 +161,68 @@ def test_fft_conv3d_in_fp32_is_close_to_conv3d():
     x, weight = torch.randn(1, 2, 40, 12, 9), torch.randn(1, 2, 7, 7, 7)
     expected = torch.nn.functional.conv3d(x, weight, padding=3)
     assert (fft_conv3d(x, weight) - expected).abs().max() < 1e-5 * expected.abs().max()
+
+
+def test_fft_conv3d_transforms_half_precision_inputs_in_fp32():
+    """bf16 inputs (autocast) are convolved in fp32, as pocketfft and cuFFT need, and come back in bf16."""
+    torch.manual_seed(3)
+    x, weight = torch.randn(1, 2, 9, 8, 6), torch.randn(1, 2, 3, 3, 3)
+    half = x.to(torch.bfloat16).requires_grad_(True)
+    out = fft_conv3d(half, weight)
+    assert out.dtype == torch.bfloat16
+    expected = torch.nn.functional.conv3d(half.detach().float(), weight, padding=1)
+    assert (out.float() - expected).abs().max() <= 2**-8 * expected.abs().max()  # within one bf16 rounding
+    out.float().sum().backward()
+    assert half.grad.dtype == torch.bfloat16 and weight.grad is None
+
+
+def test_attention_gate_uses_conv3d_on_the_meta_device_so_that_mac_counters_see_it():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        gate, t = AttentionGate(kernel_size=7), torch.empty(1, 4, 6, 5, 3)
+        with FlopCounterMode(display=False) as counter:
+            gate(t)
+    assert counter.get_total_flops() == 2 * (6 * 5 * 3) * 2 * 7**3  # one output channel, 2 inputs, 7³ taps
+
+
+@pytest.mark.parametrize("momentum", [0.01, None])
+def test_single_channel_batch_norm_equals_batchnorm3d_in_values_gradients_and_running_statistics(momentum):
+    """Three training steps (batch statistics, running averages), then eval mode (running statistics)."""
+    torch.manual_seed(5)
+    bn = nn.BatchNorm3d(1, momentum=momentum).double()
+    with torch.no_grad():
+        bn.weight.fill_(1.3), bn.bias.fill_(-0.2)
+    reference = copy.deepcopy(bn)
+    for step in range(3):
+        x = (torch.randn(2, 1, 5, 4, 3, dtype=torch.float64) * (step + 1) + step).requires_grad_(True)
+        out, expected = single_channel_batch_norm(bn, x), reference(x)
+        torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+        upstream = torch.randn_like(out)
+        got = torch.autograd.grad(out, (x, bn.weight, bn.bias), upstream)
+        want = torch.autograd.grad(expected, (x, reference.weight, reference.bias), upstream)
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+        for a, b in zip(bn.buffers(), reference.buffers(), strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-14)
+    assert int(bn.num_batches_tracked) == 3
+    bn.eval(), reference.eval()
+    x = torch.randn(1, 1, 3, 3, 3, dtype=torch.float64)
+    torch.testing.assert_close(single_channel_batch_norm(bn, x), reference(x), rtol=0, atol=1e-12)
+
+
+def test_single_channel_batch_norm_of_bf16_normalises_in_fp32_and_returns_bf16():
+    torch.manual_seed(6)
+    bn, x = nn.BatchNorm3d(1), (torch.randn(2, 1, 6, 5, 4) * 50 + 300).to(torch.bfloat16)
+    out = single_channel_batch_norm(bn, x)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), nn.BatchNorm3d(1)(x.float()), rtol=0, atol=2e-2)
+    assert bn.running_mean.dtype == torch.float32 and 25 < float(bn.running_mean) < 35  # 0.1 × ~300
+
+
+def test_single_channel_batch_norm_rejects_a_single_value_in_training():
+    with pytest.raises(ValueError, match="more than 1 value"):
+        single_channel_batch_norm(nn.BatchNorm3d(1), torch.randn(1, 1, 1, 1, 1))
 
 
 def _autograd_pooling(x: torch.Tensor, d: int) -> torch.Tensor:
