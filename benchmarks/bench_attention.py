@@ -35,44 +35,29 @@ from bench_common import PRESETS, RESULTS_DIR, interleaved, machine, preset_netw
 
 from monai_protoshare.io import write_json
 from monai_protoshare.networks import MultiScaleFeatureFusion, QuadrupletAttention
+from monai_protoshare.networks.layout import is_channels_last
 from monai_protoshare.networks.quadruplet_attention import fft_conv3d, max_mean_pool
 
 CONVOLUTIONS = {"conv3d": lambda x, w: F.conv3d(x, w, padding=w.shape[-1] // 2), "fft": fft_conv3d}
+LAYOUTS = {True: torch.channels_last_3d, False: torch.contiguous_format}
+LAYOUT_NAMES = {torch.channels_last_3d: "channels-last", torch.contiguous_format: "contiguous"}
 
 
-def attention_inputs(preset: str) -> list[tuple[int, ...]]:
-    """The distinct (C, H, W, D) inputs of MAProtoNet's attention modules at ``preset``, from one forward."""
-    net = preset_network("maprotonet", preset).eval()
-    shapes: list[tuple[int, ...]] = []
-
-    def record(module, args):
-        if tuple(args[0].shape[1:]) not in shapes:
-            shapes.append(tuple(args[0].shape[1:]))
-
-    hooks = [m.register_forward_pre_hook(record) for m in net.modules() if isinstance(m, QuadrupletAttention)]
-    with torch.no_grad():
-        net(torch.randn(1, 4, *PRESETS[preset]["spatial_size"]))
-    for hook in hooks:
-        hook.remove()
-    return shapes
+Layouts = tuple[tuple[tuple[int, ...], torch.memory_format], ...]
 
 
-def _layout(t: torch.Tensor) -> torch.memory_format:
-    channels_last = not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last_3d)
-    return torch.channels_last_3d if channels_last else torch.contiguous_format
-
-
-def fusion_inputs(preset: str) -> list[tuple[tuple[tuple[int, ...], torch.memory_format], ...]]:
-    """The distinct ((C, H, W, D), memory format) pairs of MAProtoNet's fusions' inputs, from a channels-last forward."""
+def module_inputs(preset: str, kind: type[torch.nn.Module]) -> list[Layouts]:
+    """The distinct inputs of MAProtoNet's ``kind`` modules at ``preset``: per positional argument its (C, H, W, D)
+    and memory format, recorded in one no-grad forward of the channels-last network on a channels-last image."""
     net = preset_network("maprotonet", preset).eval().to(memory_format=torch.channels_last_3d)
-    inputs: list[tuple[tuple[tuple[int, ...], torch.memory_format], ...]] = []
+    inputs: list[Layouts] = []
 
     def record(module, args):
-        key = tuple((tuple(a.shape[1:]), _layout(a)) for a in args)
+        key = tuple((tuple(a.shape[1:]), LAYOUTS[is_channels_last(a)]) for a in args)
         if key not in inputs:
             inputs.append(key)
 
-    hooks = [m.register_forward_pre_hook(record) for m in net.modules() if isinstance(m, MultiScaleFeatureFusion)]
+    hooks = [m.register_forward_pre_hook(record) for m in net.modules() if isinstance(m, kind)]
     image = torch.randn(1, 4, *PRESETS[preset]["spatial_size"]).contiguous(memory_format=torch.channels_last_3d)
     with torch.no_grad():
         net(image)
@@ -136,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     convolutions, modules = [], []
-    for shape in attention_inputs(args.preset):
+    for ((shape, _),) in module_inputs(args.preset, QuadrupletAttention):  # timed channels-last, as in training
         torch.manual_seed(0)
         att = QuadrupletAttention().train()
         x = torch.randn(args.batch, *shape).contiguous(memory_format=torch.channels_last_3d).requires_grad_(True)
@@ -154,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         for row in time_runs(runs, [x], args.repeats):
             modules.append({"input": "x".join(map(str, x.shape)), **row})
     fusions = []
-    for (fine_shape, fine_layout), (coarse_shape, coarse_layout) in fusion_inputs(args.preset):
+    for (fine_shape, fine_layout), (coarse_shape, coarse_layout) in module_inputs(args.preset, MultiScaleFeatureFusion):
         torch.manual_seed(0)
         fine = torch.relu(torch.randn(args.batch, *fine_shape)).contiguous(memory_format=fine_layout)
         coarse = torch.randn(args.batch, *coarse_shape).contiguous(memory_format=coarse_layout)
@@ -164,9 +149,9 @@ def main(argv: list[str] | None = None) -> int:
             "formula": lambda f=fine, c=coarse: fusion_formula(f, c),
             "library": lambda f=fine, c=coarse, m=fusion: m(f, c),
         }
-        names = {torch.channels_last_3d: "channels-last", torch.contiguous_format: "contiguous"}
+        pairs = ((fine, fine_layout), (coarse, coarse_layout))
+        inputs = [f"{'x'.join(map(str, t.shape))} {LAYOUT_NAMES[layout]}" for t, layout in pairs]
         for row in time_runs(runs, [fine, coarse], args.repeats):
-            inputs = [f"{'x'.join(map(str, t.shape))} {names[_layout(t)]}" for t in (fine, coarse)]
             fusions.append({"stem": inputs[0], "stage": inputs[1], **row})
     columns = [
         ("fwd_ms", "fwd ms", ".1f"),

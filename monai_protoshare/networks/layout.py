@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["inverse_permutation", "stored_view", "with_gradient_layout"]
+__all__ = ["inverse_permutation", "is_channels_last", "stored_view", "with_gradient_layout"]
 
 
-def _is_channels_last(x: torch.Tensor) -> bool:
+def is_channels_last(x: torch.Tensor) -> bool:
+    """Whether ``x`` is stored ``channels_last_3d`` and not also contiguous (as tensors with C = 1 or 1³ are)."""
     return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last_3d)
 
 
@@ -25,7 +26,7 @@ def stored_view(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
         >>> tuple(view.shape), order, view.is_contiguous()
         ((1, 4, 5, 6, 3), (0, 2, 3, 4, 1), True)
     """
-    order = (0, 2, 3, 4, 1) if _is_channels_last(x) else (0, 1, 2, 3, 4)
+    order = (0, 2, 3, 4, 1) if is_channels_last(x) else (0, 1, 2, 3, 4)
     return x.permute(order).contiguous(), order
 
 
@@ -37,7 +38,7 @@ def inverse_permutation(order: tuple[int, ...]) -> tuple[int, ...]:
 class _GradientLayout(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        ctx.memory_format = torch.channels_last_3d if _is_channels_last(x) else torch.contiguous_format
+        ctx.memory_format = torch.channels_last_3d if is_channels_last(x) else torch.contiguous_format
         return x.view_as(x)
 
     @staticmethod

@@ -12,8 +12,9 @@ from torch.utils.data import DataLoader
 
 from monai_protoshare.engines import PrototypeEvaluator, PrototypeTrainer, TrainingSchedule
 from monai_protoshare.handlers.metric_handlers import ActivationPrecision, BalancedAccuracy
-from monai_protoshare.networks import QuadrupletAttention, build_network, resize_trilinear
+from monai_protoshare.networks import build_network, resize_trilinear
 from tests.engines.test_prototype_evaluator import MaskedCases
+from tests.networks.network_cases import fp64_attention_case
 from tests.toy_data import TINY_NET, ToyCases
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -69,14 +70,7 @@ def test_resize_on_cuda_keeps_bf16_and_channels_last_and_matches_the_cpu(align_c
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_quadruplet_attention_on_cuda_equals_the_cpu_in_value_and_gradients(channels_last):
     """The fused attention on CUDA (cuFFT gate convolutions, the pooling's scatter backward) = on the CPU."""
-    torch.manual_seed(0)
-    att = QuadrupletAttention(kernel_size=3).double().train()
-    with torch.no_grad():
-        for gate in (*att.axis_gates, att.spatial_gate):
-            gate.bn.weight.uniform_(0.5, 1.5)
-    x = torch.randn(2, 6, 5, 4, 7, dtype=torch.float64)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last_3d)
+    att, x = fp64_attention_case(0, channels_last)
     upstream = torch.randn_like(x)
     results = []
     for device in ("cpu", "cuda"):

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from monai_protoshare.networks import build_network, model_names
+from monai_protoshare.networks import QuadrupletAttention, build_network, model_names
 
 # DESIGN §4 presets as build_network overrides; MAProtoNet's encoder has one residual stage (layer1 cut)
 PRESETS: dict[str, dict[str, Any]] = {
@@ -41,3 +41,19 @@ def build(name: str, preset: str = "cpu_small", seed: int = 0, **extra: Any) -> 
 def tiny_input(batch: int = 2, size: tuple[int, int, int] = TINY, seed: int = 0) -> torch.Tensor:
     """(batch, 4, *size) standard-normal input."""
     return torch.randn(batch, 4, *size, generator=torch.Generator().manual_seed(seed))
+
+
+def fp64_attention_case(seed: int, channels_last: bool) -> tuple[QuadrupletAttention, torch.Tensor]:
+    """An fp64 ``QuadrupletAttention(kernel_size=3)`` in training mode and a (2, 6, 5, 4, 7) input.
+
+    The gates' BN scales are drawn in [0.5, 1.5] and shifts in [-0.5, 0.5], so that no gate starts as a constant
+    (the spatial gate's scale is zero-initialised); the input is channels-last when asked.
+    """
+    torch.manual_seed(seed)
+    att = QuadrupletAttention(kernel_size=3).double().train()
+    with torch.no_grad():
+        for gate in (*att.axis_gates, att.spatial_gate):
+            gate.bn.weight.uniform_(0.5, 1.5)
+            gate.bn.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(2, 6, 5, 4, 7, dtype=torch.float64)
+    return att, x.contiguous(memory_format=torch.channels_last_3d) if channels_last else x

@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 from monai.networks.nets.resnet import ResNetBottleneck
-from network_cases import tiny_input
+from network_cases import fp64_attention_case, tiny_input
 from torch import nn
 
 from monai_protoshare.networks import QuadrupletAttention, ResNetEncoder, quadruplet_attention
@@ -270,16 +270,8 @@ def _reference_quadruplet(att: QuadrupletAttention, x: torch.Tensor) -> torch.Te
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_quadruplet_attention_equals_the_formula_in_value_and_all_gradients(channels_last):
     """The fused form (pool once, sum the broadcast factors, one product) = the four gates of the formula."""
-    torch.manual_seed(4)
-    att = QuadrupletAttention(kernel_size=3).double().train()
-    with torch.no_grad():
-        for g in (*att.axis_gates, att.spatial_gate):
-            g.bn.weight.uniform_(0.5, 1.5)
-            g.bn.bias.uniform_(-0.5, 0.5)
+    att, x = fp64_attention_case(4, channels_last)
     reference = copy.deepcopy(att)
-    x = torch.randn(2, 6, 5, 4, 7, dtype=torch.float64)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last_3d)
     x.requires_grad_(True)
     out, expected = att(x), _reference_quadruplet(reference, x)
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
