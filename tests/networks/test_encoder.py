@@ -124,13 +124,16 @@ def test_attention_gate_formula():
 
 @pytest.mark.parametrize("kernel_size", [3, 7])
 @pytest.mark.parametrize("shape", [(2, 2, 9, 6, 5), (1, 3, 4, 7, 11), (1, 2, 8, 8, 2)])
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_fft_conv3d_equals_conv3d_in_value_and_gradients(kernel_size, shape, channels_last):
-    """The FFT convolution gives conv3d's output and gradients, axes shorter than the kernel included."""
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "spatial_axes_stored_d_h_w"])
+def test_fft_conv3d_equals_conv3d_in_value_and_gradients(kernel_size, shape, layout):
+    """The FFT convolution gives conv3d's output and gradients, axes shorter than the kernel included, whatever
+    order the spatial axes are stored in (they are transformed in that order)."""
     torch.manual_seed(0)
     x = torch.randn(*shape, dtype=torch.float64)
-    if channels_last:
+    if layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last_3d)
+    elif layout == "spatial_axes_stored_d_h_w":
+        x = x.permute(0, 1, 4, 2, 3).contiguous().permute(0, 1, 3, 4, 2)
     x.requires_grad_(True)
     weight = torch.randn(1, shape[1], kernel_size, kernel_size, kernel_size, dtype=torch.float64, requires_grad=True)
     expected = torch.nn.functional.conv3d(x, weight, padding=kernel_size // 2)
@@ -254,6 +257,39 @@ def test_max_mean_pool_matches_autograd_in_value_gradient_and_layout(dims, chann
             torch.testing.assert_close(p, e, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_max_mean_pool_at_ties_gives_the_gradient_to_the_first_tied_element(channels_last):
+    """At ties (integer data) values and gradients are those of ``torch.max(dim)``, whose index is the first."""
+    torch.manual_seed(7)
+    x = torch.randint(0, 3, (2, 8, 6, 4, 3), dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    x.requires_grad_(True)
+    dims = (1, 2, 3, 4)
+    pooled = max_mean_pool(x, dims)
+    expected = [torch.stack([x.max(dim=d).values, x.mean(dim=d)], dim=1) for d in dims]
+    upstream = [torch.randn_like(e) for e in expected]
+    (grad,) = torch.autograd.grad(pooled, x, upstream)
+    (want,) = torch.autograd.grad(expected, x, upstream)
+    torch.testing.assert_close(grad, want, rtol=0, atol=1e-12)
+    for d in dims:
+        tied = x == x.amax(dim=d, keepdim=True)
+        assert int(tied.sum(dim=d).max()) > 1  # the data has ties along d
+        positions = torch.arange(x.shape[d]).view(-1, *([1] * (x.dim() - d - 1)))
+        assert torch.equal(x.max(dim=d).indices, torch.where(tied, positions, x.shape[d]).amin(dim=d))
+
+
+def test_max_mean_pool_backward_runs_through_a_nan():
+    """A NaN (a diverged step) propagates to the pooled values; the backward does not index out of range."""
+    x = torch.randn(1, 4, 3, 3, 2)
+    x[0, 2, 1, 1, 0] = float("nan")
+    x.requires_grad_(True)
+    pooled = max_mean_pool(x, (1, 2))
+    assert pooled[0][0, 0, 1, 1, 0].isnan() and pooled[1][0, 0, 2, 1, 0].isnan()
+    (grad,) = torch.autograd.grad(pooled, x, [torch.ones_like(p) for p in pooled])
+    assert grad.shape == x.shape
+
+
 def _reference_quadruplet(att: QuadrupletAttention, x: torch.Tensor) -> torch.Tensor:
     """The formula with plain autograd ops: ¼ Σ_g G_g(x permuted), G(t) = t · sigmoid(BN(conv3d([max, mean])))."""
 
@@ -285,7 +321,9 @@ def test_quadruplet_attention_equals_the_formula_in_value_and_all_gradients(chan
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
     att.eval(), reference.eval()
     with torch.no_grad():
-        torch.testing.assert_close(att(x), _reference_quadruplet(reference, x), rtol=0, atol=1e-12)
+        out = att(x)
+        torch.testing.assert_close(out, _reference_quadruplet(reference, x), rtol=0, atol=1e-12)
+    assert out.is_contiguous(memory_format=torch.channels_last_3d if channels_last else torch.contiguous_format)
 
 
 def test_spatial_gate_starts_at_zero_scale():
