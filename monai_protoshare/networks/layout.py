@@ -39,7 +39,9 @@ class _GradientLayout(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         ctx.memory_format = torch.channels_last_3d if is_channels_last(x) else torch.contiguous_format
-        return x.view_as(x)
+        # x's own strides: view_as recomputes a size-1 dimension's (a batch of one's), and torch.cat then no
+        # longer sees a channels-last input, lays its output out contiguously, and the next convolution copies it
+        return x.as_strided(x.shape, x.stride(), x.storage_offset())
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]

@@ -149,3 +149,14 @@ def test_multiscale_feature_fusion_survives_sizes_that_crash_the_public_code():
     """peers.md §9: after a 0.875 rescale, pooled s1 (depth 21 -> 11) and s2 (depth 10) disagree."""
     out = MultiScaleFeatureFusion((3, 5))(torch.randn(1, 3, 28, 28, 21), torch.randn(1, 5, 14, 14, 10))
     assert out.shape == (1, 11, 14, 14, 10)
+
+
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_multiscale_feature_fusion_keeps_a_channels_last_batch_of_one_channels_last(requires_grad):
+    """In training too: a contiguous output would make the next convolution copy it, forward and backward (2 × 77 ms
+    at MAProtoNet's paper size, two threads)."""
+    layout = torch.channels_last_3d
+    fine = torch.randn(1, 3, 8, 8, 6).contiguous(memory_format=layout).requires_grad_(requires_grad)
+    coarse = torch.randn(1, 5, 4, 4, 3).contiguous(memory_format=layout).requires_grad_(requires_grad)
+    out = MultiScaleFeatureFusion((3, 5))(fine, coarse)
+    assert out.is_contiguous(memory_format=layout) and not out.is_contiguous()
