@@ -24,10 +24,12 @@ def _amax(dense: torch.Tensor, dim: int) -> torch.Tensor:
     PyTorch's CPU max reduction vectorises across an inner run (the elements after ``dim``, stored contiguously) of
     64 or more, or along a contiguous fibre (inner run 1) of 32 or more. Otherwise, e.g. over W (inner run 24) or D
     (a fibre of 24) of a contiguous (1, 256, 32, 32, 24) map, ``torch.maximum`` of the two halves, repeated while
-    the length is even, is 1.5-2× faster (W: 20 → 9 ms, D: 17 → 11 ms, one thread).
+    the length is even, is 1.5-2× faster (W: 20 → 9 ms, D: 17 → 11 ms, one thread). A traced export keeps
+    ``amax``: the number of halvings depends on the traced size.
     """
     inner = math.prod(dense.shape[dim + 1 :])
-    if dense.device.type != "cpu" or inner >= 64 or (inner == 1 and dense.shape[dim] >= 32):
+    vectorised = inner >= 64 or (inner == 1 and dense.shape[dim] >= 32)
+    if dense.device.type != "cpu" or vectorised or torch.jit.is_tracing():
         return dense.amax(dim=dim)
     while dense.shape[dim] % 2 == 0:
         half = dense.shape[dim] // 2

@@ -326,6 +326,17 @@ def test_quadruplet_attention_equals_the_formula_in_value_and_all_gradients(chan
     assert out.is_contiguous(memory_format=torch.channels_last_3d if channels_last else torch.contiguous_format)
 
 
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+def test_traced_quadruplet_attention_is_valid_for_other_sizes():
+    """Traced at one size, the export gives the eager values at another, where eager halves W fewer times."""
+    torch.manual_seed(8)
+    att = QuadrupletAttention(kernel_size=3).eval()
+    with torch.no_grad():
+        traced = torch.jit.trace(att, torch.randn(1, 4, 5, 8, 3), check_trace=False)
+        x = torch.randn(1, 4, 5, 6, 3)  # W: 8 -> 4 -> 2 -> 1 when traced; 6 -> 3 here
+        torch.testing.assert_close(traced(x), att(x), rtol=1e-5, atol=1e-6)
+
+
 def test_spatial_gate_starts_at_zero_scale():
     """MAProtoNet zero-initialises the BN scale of its plain spatial (HWD) gate only (peers.md §3)."""
     att = QuadrupletAttention()
