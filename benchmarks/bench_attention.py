@@ -9,7 +9,8 @@ interleaved timing:
 * **module**: ``formula``, the attention as MAProtoNet writes it (each gate on a permuted view of the input, with
   ``amax``, ``mean``, ``F.conv3d`` and its own product, then the mean of the four), against ``fused``, the
   library's :class:`~monai_protoshare.networks.QuadrupletAttention` (one pooling pass with a one-pass backward, FFT
-  convolutions, the four factors summed before one product), on ``channels_last_3d`` inputs as in training;
+  convolutions, the four factors summed before one product), on ``channels_last_3d`` inputs (their layout in
+  the model at two or more threads; at one thread the model hands the attention a contiguous map);
 * **fusion**: ``formula``, ``cat[avg_pool3d(s1, 3, 2, 1), max_pool3d(s1, 3, 2, 1), s2]`` with PyTorch's pooling,
   against the library's :class:`~monai_protoshare.networks.MultiScaleFeatureFusion` (``box_mean_pool3d``, the
   max-pooled stem's gradient kept channels-last), on inputs in the layouts a channels-last forward gives them at
@@ -121,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     convolutions, modules = [], []
-    for ((shape, _),) in module_inputs(args.preset, QuadrupletAttention):  # timed channels-last, as in training
+    # the attention is timed channels-last (its layout in the model at 2+ threads) whatever layout was recorded
+    for ((shape, _),) in module_inputs(args.preset, QuadrupletAttention):
         torch.manual_seed(0)
         att = QuadrupletAttention().train()
         x = torch.randn(args.batch, *shape).contiguous(memory_format=torch.channels_last_3d).requires_grad_(True)

@@ -281,6 +281,5 @@ class QuadrupletAttention(nn.Module):
         dense, order = stored_view(x)
         c, h, w, d = (f.permute(order).contiguous() for f in factors)
         factor = torch.add(c, h).add_(w).add_(d)
-        in_place = not torch.is_grad_enabled() and factor.is_contiguous()
-        product = factor.mul_(dense) if in_place else dense * factor
+        product = dense * factor if torch.is_grad_enabled() else factor.mul_(dense)
         return product.permute(inverse_permutation(order))
