@@ -36,8 +36,7 @@ from monai_protoshare.explain.evidence import explain_cases, prototype_catalogue
 from monai_protoshare.explain.evidence_writer import write_case_evidence
 from monai_protoshare.explain.figures import case_figure, save_figure
 from monai_protoshare.io import write_json
-from monai_protoshare.networks import build_network
-from monai_protoshare.workflows.export_evidence import bundle_settings
+from monai_protoshare.workflows.export_evidence import bundle_parser
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "um_protoshare"
 STAGES = ("preprocess", "explain", "write", "figure")
@@ -56,14 +55,9 @@ def _timed(device: torch.device, fn, *args, **kwargs):
 
 def bench_preset(preset: str, item: dict, work: Path, repeats: int, device: torch.device, top_k: int) -> dict:
     """Median seconds per stage for one case with the ``preset``'s network and grid."""
-    settings = bundle_settings(BUNDLE, preset)
-    network = build_network(
-        settings["model_name"],
-        encoder_layers=settings["encoder_layers"],
-        encoder_widths=settings["encoder_widths"],
-        embedding_dim=settings["embedding_dim"],
-    )
-    network = network.to(device).eval()
+    config = bundle_parser(BUNDLE, preset)
+    settings = {key: config.get_parsed_content(key) for key in ("spatial_size", "pixdim")}
+    network = config.get_parsed_content("network_def").to(device).eval()
     transform = inference_transforms(settings["spatial_size"], settings["pixdim"])
     catalogue = prototype_catalogue(network)
     times: dict[str, list[float]] = {stage: [] for stage in STAGES}

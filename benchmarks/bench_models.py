@@ -28,6 +28,7 @@ Usage::
 
     python benchmarks/bench_models.py --preset cpu_small --threads 1
     python benchmarks/bench_models.py --preset paper --repeats 3 --models encoder,um_protoshare_e2,mprotonet
+    python benchmarks/bench_models.py --preset paper --threads 1 --no-memory --models fpn_iaia_bl --output /tmp/fpn.json
     python benchmarks/bench_models.py --preset cpu_small --profile um_protoshare_e2
     python benchmarks/bench_models.py --preset cpu_small --memory-format contiguous --no-memory
 

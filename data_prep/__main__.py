@@ -15,7 +15,7 @@ from data_prep.brats_layout import GRADES, UNKNOWN_GRADE
 from data_prep.native_space import map_to_original
 from data_prep.pipeline import PrepOptions
 from data_prep.registration import BACKENDS
-from data_prep.sequence_identification import SEQUENCES
+from monai_protoshare.data.cases import SEQUENCES
 from monai_protoshare.io import atomic_path
 
 _SKULL_STRIP = {"auto": None, "on": True, "off": False}

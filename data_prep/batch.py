@@ -38,7 +38,7 @@ from data_prep.brats_layout import (
     update_name_mapping,
 )
 from data_prep.pipeline import PrepOptions, prepare_dicom_study, prepare_nifti_case
-from data_prep.sequence_identification import SEQUENCES
+from monai_protoshare.data.cases import SEQUENCES
 from monai_protoshare.io import write_json
 
 __all__ = ["FAILURES_FILE", "BatchSummary", "CaseSpec", "cases_from_manifest", "cases_from_study_root", "run_batch"]

@@ -28,6 +28,7 @@ from pathlib import Path
 from monai.utils import look_up_option
 
 from monai_protoshare.data.brats import GRADE_COLUMN, ID_COLUMN, NAME_MAPPING, NAME_MAPPING_COLUMNS
+from monai_protoshare.data.cases import GRADE_LABELS
 from monai_protoshare.io import write_text
 
 __all__ = [
@@ -47,7 +48,7 @@ __all__ = [
 
 #: Grade of a case whose histology is not known (the release marks missing values ``NA``).
 UNKNOWN_GRADE = "NA"
-GRADES = ("HGG", "LGG", UNKNOWN_GRADE)
+GRADES = (*GRADE_LABELS, UNKNOWN_GRADE)
 RECORD_SUFFIX = "_data_prep.json"
 _PARTIAL_PREFIX = ".partial-"
 _SUBJECT_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")

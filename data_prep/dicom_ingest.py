@@ -24,8 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pydicom
-from pydicom.errors import InvalidDicomError
+
+try:  # the `dicom` extra; data_prep.pipeline imports this module only for DICOM input
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+except ImportError as err:
+    raise ImportError("DICOM input needs pydicom: pip install 'monai_protoshare[dicom]'") from err
 
 from data_prep.sequence_identification import Identification, SeriesInfo, identify_sequences
 

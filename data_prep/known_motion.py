@@ -3,7 +3,7 @@
 A symmetric phantom fools mutual information (measured in ``reference/data_prep.md`` §2); the atlas does
 not. :func:`moved_atlas` moves it by a known rigid transform onto an anisotropic grid with another contrast
 and noise; :func:`transform_error_mm` measures how far a recovered transform is from the truth over the
-brain, in millimetres.
+brain, in millimetres, and :func:`transform_error_deg` the angle of the residual rotation.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import SimpleITK as sitk
 from data_prep.atlas import Atlas
 from data_prep.geometry import index_affine_lps, make_grid, matrix_from_transform, resample
 
-__all__ = ["moved_atlas", "rigid_matrix", "transform_error_mm"]
+__all__ = ["moved_atlas", "rigid_matrix", "transform_error_deg", "transform_error_mm"]
 
 
 def rigid_matrix(rotation_deg: Sequence[float], shift_mm: Sequence[float], centre: Sequence[float]) -> np.ndarray:
@@ -61,3 +61,9 @@ def transform_error_mm(atlas: Atlas, found: np.ndarray, truth: np.ndarray) -> tu
     points = index_affine_lps(atlas.mask) @ np.c_[ijk, np.ones(len(ijk))].T
     distance = np.linalg.norm((np.asarray(found) @ points - np.asarray(truth) @ points)[:3], axis=0)
     return float(distance.mean()), float(distance.max())
+
+
+def transform_error_deg(found: np.ndarray, truth: np.ndarray) -> float:
+    """Angle (degrees) of the residual rotation ``R_found^T R_truth`` (axis-angle: ``cos a = (trace - 1) / 2``)."""
+    residual = np.asarray(found)[:3, :3].T @ np.asarray(truth)[:3, :3]
+    return float(np.degrees(np.arccos(np.clip((np.trace(residual) - 1.0) / 2.0, -1.0, 1.0))))

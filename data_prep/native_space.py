@@ -21,7 +21,7 @@ from monai.utils import look_up_option
 from data_prep.brats_layout import RECORD_SUFFIX
 from data_prep.geometry import make_grid, nibabel_to_sitk, resample, sitk_to_nibabel
 from data_prep.pipeline import RECORD_FORMAT
-from data_prep.sequence_identification import SEQUENCES
+from monai_protoshare.data.cases import SEQUENCES
 
 __all__ = ["INTERPOLATIONS", "load_case_record", "map_to_original"]
 

@@ -38,9 +38,17 @@ from monai.utils import look_up_option
 from data_prep.atlas import ATLAS_SPACING, load_atlas, sri24_grid
 from data_prep.brats_layout import RECORD_SUFFIX, check_subject_id, new_partial_dir, publish_case
 from data_prep.geometry import LPS_TO_RAS, index_affine_lps, resample
-from data_prep.quality import MIN_ATLAS_DICE, MIN_SEQUENCE_DICE, check_atlas_alignment, check_sequence_alignment
+from data_prep.quality import (
+    MAX_NMI_GAIN,
+    MIN_ATLAS_DICE,
+    MIN_SEQUENCE_DICE,
+    MIN_SEQUENCE_NMI,
+    check_atlas_alignment,
+    check_sequence_agreement,
+    check_sequence_alignment,
+)
 from data_prep.registration import BACKENDS, register_rigid
-from data_prep.sequence_identification import SEQUENCES
+from monai_protoshare.data.cases import SEQUENCES
 from monai_protoshare.io import write_json
 
 __all__ = ["RECORD_FORMAT", "PrepOptions", "prepare_dicom_study", "prepare_nifti_case"]
@@ -67,6 +75,8 @@ class PrepOptions:
         skull_strip: run deepbet; ``None`` means on for DICOM input, off for NIfTI input.
         min_atlas_dice: quality threshold, see :mod:`data_prep.quality`.
         min_sequence_dice: quality threshold, see :mod:`data_prep.quality`.
+        min_sequence_nmi: quality threshold (sequence agreement), see :mod:`data_prep.quality`.
+        max_nmi_gain: quality threshold (sequence agreement), see :mod:`data_prep.quality`.
         registration_spacing: spacing of the atlas the T1-CE is registered to (1.5 mm shipped; coarser is
             faster, for tests).
         threads: threads for SimpleITK and torch; ``None`` keeps their defaults.
@@ -78,6 +88,8 @@ class PrepOptions:
     skull_strip: bool | None = None
     min_atlas_dice: float = MIN_ATLAS_DICE
     min_sequence_dice: float = MIN_SEQUENCE_DICE
+    min_sequence_nmi: float = MIN_SEQUENCE_NMI
+    max_nmi_gain: float = MAX_NMI_GAIN
     registration_spacing: float = ATLAS_SPACING
     threads: int | None = None
     overwrite: bool = False
@@ -290,6 +302,11 @@ def _prepare(
         for sequence in SEQUENCES
     }
     scores.update(check_sequence_alignment(volumes, fields_of_view, subject, options.min_sequence_dice))
+    scores.update(
+        check_sequence_agreement(
+            volumes, brain, subject, "t1ce", options.spacing, options.min_sequence_nmi, options.max_nmi_gain
+        )
+    )
     logger.info("%s: registration quality %s", subject, {k: round(v, 3) for k, v in scores.items()})
     for sequence in SEQUENCES:
         volume = np.where(brain, volumes[sequence], 0.0).astype(np.float32) if skull_strip else volumes[sequence]

@@ -30,10 +30,9 @@ from typing import Any
 
 from monai.utils import look_up_option
 
-from monai_protoshare.data.brats import SEQUENCES
+from monai_protoshare.data.cases import SEQUENCES
 
 __all__ = [
-    "SEQUENCES",
     "Identification",
     "SeriesClassification",
     "SeriesInfo",

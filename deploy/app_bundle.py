@@ -53,7 +53,8 @@ def make_app_bundle(
         FileExistsError: ``out`` exists.
         FileNotFoundError: the bundle, preset or weights file is missing.
         KeyError: an override names a key that ``inference.yaml`` does not define.
-        SystemExit: the weights do not fit the network of these sizes (the message names the mismatch).
+        BundleOptionError: (a ``ValueError``) the weights do not fit the network of these sizes (the message
+            names the mismatch).
     """
     import torch
 
@@ -109,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         out = make_app_bundle(args.out, args.weights, args.bundle, args.preset)
-    except (FileExistsError, FileNotFoundError, KeyError) as err:
+    except (FileExistsError, FileNotFoundError, KeyError, ValueError) as err:  # ValueError: BundleOptionError
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"app bundle: {out}")

@@ -44,10 +44,10 @@ from monai.deploy.operators.monai_bundle_inference_operator import MonaiBundleIn
 from monai.transforms import Compose, LoadImage, LoadImaged, SaveImage, SaveImaged
 from monai.utils import look_up_option
 
+from data_prep.evidence_seg import case_seg_writer
 from data_prep.pipeline import PrepOptions, prepare_dicom_study
-from data_prep.sequence_identification import SEQUENCES
+from monai_protoshare.data.cases import NIFTI_SUFFIXES, SEQUENCES, sequence_files
 from monai_protoshare.data.transforms import LoadSequencesd
-from monai_protoshare.explain.dicom_seg import data_prep_seg_writer
 from monai_protoshare.explain.evidence import explain_cases, prototype_catalogue
 from monai_protoshare.explain.evidence_writer import CLASS_MAP_NAME, LABEL_NAME, write_case_evidence, write_nifti
 from monai_protoshare.io import write_json
@@ -75,7 +75,6 @@ RESULT_NAME = "result.json"
 ORIGINAL_T1CE_DIR = "original_t1ce"
 SKULL_STRIP_OPTIONS = ("auto", "on", "off")
 _T1CE = SEQUENCES.index("t1ce")
-_NIFTI_SUFFIXES = (".nii.gz", ".nii")
 _SUBJECT_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 _IO_TRANSFORMS = (LoadImage, LoadImaged, SaveImage, SaveImaged)
 
@@ -115,12 +114,11 @@ def find_nifti_case(folder: str | os.PathLike) -> CaseInput | None:
     folder = Path(folder)
     candidates = [folder, *sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))]
     for place in candidates:
-        niftis = [p for p in place.iterdir() if p.is_file() and p.name.endswith(_NIFTI_SUFFIXES)]
+        niftis = [p for p in place.iterdir() if p.is_file() and p.name.endswith(NIFTI_SUFFIXES)]
         if not niftis:
             continue
         found = {}
-        for sequence in SEQUENCES:
-            matches = [p for p in niftis if any(p.name.endswith(f"_{sequence}{ext}") for ext in _NIFTI_SUFFIXES)]
+        for sequence, matches in sequence_files(place).items():
             if len(matches) != 1:
                 raise ValueError(
                     f"input folder {place}: expected exactly one *_{sequence}.nii[.gz] file among the NIfTI files "
@@ -339,7 +337,7 @@ class EvidenceWriterOperator(Operator):
             self.output_folder,
             t1ce,
             figure=self.figure,
-            dicom_seg=data_prep_seg_writer(t1ce),
+            dicom_seg=case_seg_writer(t1ce),
             overwrite=True,
             extra={"input_kind": case.kind},
         )

@@ -3,6 +3,8 @@
 Import from the modules (kept apart so that ``python -m monai_protoshare.data.synthetic`` needs neither
 torch nor MONAI):
 
+* :mod:`monai_protoshare.data.cases`: ``CLASS_NAMES``, ``SEQUENCES``, ``sequence_files``, ``case_files`` (what a
+  case is, defined once).
 * :mod:`monai_protoshare.data.brats`: ``load_brats_datalist``, ``BratsDatasetError``.
 * :mod:`monai_protoshare.data.synthetic`: ``generate_cohort``.
 * :mod:`monai_protoshare.data.transforms`: ``preprocessing_transforms``, ``augmentation_transforms``,

@@ -48,14 +48,13 @@ import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
+from monai_protoshare.data.cases import GRADE_LABELS, NIFTI_SUFFIXES, SEQUENCES, sequence_file
 from monai_protoshare.io import write_json
 
 __all__ = [
-    "GRADE_LABELS",
     "NAME_MAPPING",
     "NAME_MAPPING_COLUMNS",
     "SEG_LABELS",
-    "SEQUENCES",
     "BratsDatasetError",
     "BratsProblem",
     "find_dataset_root",
@@ -65,10 +64,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: File suffixes of the four sequences, in the channel order of DESIGN §3 ([T1, T1-CE, T2, FLAIR]).
-SEQUENCES = ("t1", "t1ce", "t2", "flair")
-#: Grade -> class label (DESIGN §3).
-GRADE_LABELS = {"LGG": 0, "HGG": 1}
 #: Grades read as "unknown" when ``labelled=False`` (BraTS' own missing-value marker is NA).
 UNKNOWN_GRADES = ("NA", "")
 #: Labels of a BraTS segmentation: 0 background, 1 necrotic/non-enhancing core, 2 oedema, 4 enhancing.
@@ -88,7 +83,6 @@ GRADE_COLUMN, ID_COLUMN = NAME_MAPPING_COLUMNS[0], NAME_MAPPING_COLUMNS[-1]
 _COLUMNS = (GRADE_COLUMN, ID_COLUMN)  # the columns the reader needs (the release has six)
 CACHE_NAME = ".monai_protoshare_validation.json"
 _CACHE_VERSION = 2  # 2: sequences whose voxels are all 0 are rejected
-_NIFTI_SUFFIXES = (".nii.gz", ".nii")
 _SEARCH_DEPTH = 3  # levels below ``root`` searched for name_mapping.csv (the Kaggle copy needs 2)
 _AFFINE_ATOL_MM = 1e-3
 _TABLE = "(table)"  # subject column of problems that concern the csv as a whole
@@ -388,11 +382,9 @@ def _find_files(data_root: Path, cases: list[_Case], labelled: bool = True) -> l
             problems.append(BratsProblem(case.subject, f"{case.subject}/", problem))
             continue
         for kind in (*SEQUENCES, "seg"):
-            path = next(
-                (p for p in (folder / f"{case.subject}_{kind}{s}" for s in _NIFTI_SUFFIXES) if p.is_file()), None
-            )
+            path = sequence_file(folder, case.subject, kind)
             if path is None and kind == "seg":  # e.g. case 355: W39_1998.09.19_Segm.nii
-                expected = {f"{case.subject}_{s}{x}" for s in SEQUENCES for x in _NIFTI_SUFFIXES}
+                expected = {f"{case.subject}_{s}{x}" for s in SEQUENCES for x in NIFTI_SUFFIXES}
                 found = sorted(
                     p
                     for p in folder.iterdir()
@@ -415,7 +407,7 @@ def _find_files(data_root: Path, cases: list[_Case], labelled: bool = True) -> l
 
 
 def _is_nifti(path: Path) -> bool:
-    return path.name.endswith(_NIFTI_SUFFIXES)
+    return path.name.endswith(NIFTI_SUFFIXES)
 
 
 def _orphan_folders(data_root: Path, subjects: set[str]) -> list[BratsProblem]:

@@ -8,9 +8,18 @@ from typing import Any
 import torch
 from monai.engines import Evaluator
 from monai.engines.utils import default_prepare_batch
+from monai.utils import look_up_option
 from torch import nn
 
-from ..explain.attribution import class_attribution, prototype_class_maps, prototype_scale_maps
+from ..explain.attribution import (
+    CLASS_MAPS,
+    DEFAULT_CLASS_MAP,
+    DEFAULT_PROTOPNET_MAP,
+    PROTOPNET_MAPS,
+    class_attribution,
+    prototype_class_maps,
+    prototype_scale_maps,
+)
 from ..explain.evidence_checks import prototype_removal_error, randomised_copy, spearman_correlation
 from ..metrics import compute_activation_precision
 from ..networks import PrototypeNetwork
@@ -30,6 +39,10 @@ class PrototypeEvaluator(Evaluator):
     - ``pred``: class probabilities (B, C) (softmax of the logits),
     - ``attribution``: M(x) for the ground-truth class (App. F.2) at input size (B, 1, H, W, D),
     - ``mask``: whole tumour (B, 1, H, W, D) when the loader provides one,
+    - ``ap_by_class_map`` (B, 3): with a mask, on a prototype network, the AP of the class map under each
+      convention of :data:`~monai_protoshare.explain.attribution.CLASS_MAPS` (the paper leaves the reading of
+      eq. 28 open, DESIGN §8); for ProtoPNet also ``ap_by_protopnet_map`` (B, 2), one per
+      :data:`~monai_protoshare.explain.attribution.PROTOPNET_MAPS`,
 
     and, with ``evidence_checks`` on a prototype network (beyond the paper):
 
@@ -48,7 +61,11 @@ class PrototypeEvaluator(Evaluator):
         device: evaluation device; the network is moved to it.
         val_data_loader: batches with ``image``, ``label``, ``subject_id`` and optionally ``mask``, ``seg``.
         network: a :class:`PrototypeNetwork` or :class:`CNNClassifier`.
-        attribution_method: for a CNN, ``"gradcam"`` or ``"occlusion"`` (ignored for prototype networks).
+        attribution_method: for a CNN, ``"gradcam"``, ``"gradcampp"`` or ``"occlusion"`` (ignored for prototype
+            networks).
+        class_map: the convention of ``attribution`` (AP, IDS) for prototype networks: ``"density"`` (default),
+            ``"eq28"`` or ``"eq12"`` (:func:`~monai_protoshare.explain.attribution.prototype_maps`).
+        protopnet_map: ProtoPNet's per-prototype map, ``"topk"`` (default) or ``"similarity"``.
         evidence_checks: compute the beyond-paper per-case values above.
         randomisation_seed: seed of the re-initialised copy.
         val_handlers: handlers (metric handlers, report writer, stats).
@@ -63,6 +80,8 @@ class PrototypeEvaluator(Evaluator):
         val_data_loader,
         network: nn.Module,
         attribution_method: str | None = None,
+        class_map: str = DEFAULT_CLASS_MAP,
+        protopnet_map: str = DEFAULT_PROTOPNET_MAP,
         evidence_checks: bool = True,
         randomisation_seed: int = 0,
         val_handlers: Sequence | None = None,
@@ -88,6 +107,8 @@ class PrototypeEvaluator(Evaluator):
         self.memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
         network.to(device=self.state.device, memory_format=self.memory_format)
         self.attribution_method = attribution_method
+        self.class_map = look_up_option(class_map, CLASS_MAPS)
+        self.protopnet_map = look_up_option(protopnet_map, PROTOPNET_MAPS)
         self.evidence_checks = bool(evidence_checks) and isinstance(network, PrototypeNetwork)
         self.randomised_network = randomised_copy(network, randomisation_seed) if self.evidence_checks else None
 
@@ -118,8 +139,9 @@ class PrototypeEvaluator(Evaluator):
             with torch.no_grad(), torch.autocast("cuda", torch.bfloat16, enabled=self.amp):
                 explained = self.network.explain(images, online_cam=False)
             logits = explained.logits.float()
-            size = images.shape[2:]
-            out["attribution"] = prototype_class_maps(self.network, explained, labels, size).float()
+            out["attribution"] = self._class_map(explained, labels, size=images.shape[2:]).float()
+            if mask is not None:
+                out.update(self._ap_by_convention(explained, labels, mask))
             if self.evidence_checks:
                 out.update(self._evidence_checks(explained, images, labels, mask, batchdata.get("seg"), out))
         else:
@@ -128,12 +150,36 @@ class PrototypeEvaluator(Evaluator):
         out["pred"] = torch.softmax(logits, dim=1)
         return out
 
+    def _class_map(self, explained, labels, size, class_map=None, protopnet_map=None, network=None) -> torch.Tensor:
+        """M(x) (B, 1, *size) under this evaluator's conventions unless others are given."""
+        return prototype_class_maps(
+            network or self.network,
+            explained,
+            labels,
+            size,
+            class_map or self.class_map,
+            protopnet_map or self.protopnet_map,
+        )
+
+    @torch.no_grad()
+    def _ap_by_convention(self, explained, labels, mask) -> dict[str, torch.Tensor]:
+        """AP (B, n) of the class map under each class-map convention (and each ProtoPNet map, for ProtoPNet)."""
+        size = mask.shape[2:]
+
+        def ap(**convention) -> torch.Tensor:
+            return compute_activation_precision(self._class_map(explained, labels, size, **convention).float(), mask)
+
+        out = {"ap_by_class_map": torch.stack([ap(class_map=c) for c in CLASS_MAPS], dim=1)}
+        if self.network.mapping == "none":
+            out["ap_by_protopnet_map"] = torch.stack([ap(protopnet_map=m) for m in PROTOPNET_MAPS], dim=1)
+        return out
+
     @torch.no_grad()
     def _evidence_checks(self, explained, images, labels, mask, seg, out) -> dict[str, torch.Tensor]:
         size = images.shape[2:]
         checks: dict[str, torch.Tensor] = {}
         if mask is not None:
-            scale_maps = prototype_scale_maps(self.network, explained, labels)
+            scale_maps = prototype_scale_maps(self.network, explained, labels, self.class_map, self.protopnet_map)
             checks["ap_per_scale"] = torch.stack([compute_activation_precision(m, mask) for m in scale_maps], dim=1)
             per_prototype = [
                 compute_activation_precision(a[:, k : k + 1].float(), mask)
@@ -147,9 +193,8 @@ class PrototypeEvaluator(Evaluator):
                 [compute_activation_precision(out["attribution"], (seg == v).float()) for v in SUBREGIONS.values()],
                 dim=1,
             )
-        random_maps = prototype_class_maps(
-            self.randomised_network, self.randomised_network.explain(images, online_cam=False), labels, size
-        )
+        random_output = self.randomised_network.explain(images, online_cam=False)
+        random_maps = self._class_map(random_output, labels, size, network=self.randomised_network)
         checks["randomisation_spearman"] = spearman_correlation(out["attribution"], random_maps)
         checks["removal_error"] = prototype_removal_error(self.network.classifier, explained.similarities.float())
         return checks

@@ -18,13 +18,14 @@ from torch import nn
 
 from ..losses import ClassifierStageLoss, LatentSpaceLoss
 from ..networks import CNNClassifier
+from .distributed import average_gradients, broadcast_buffers, broadcast_state
 from .schedule import Stage, TrainingSchedule
 
 __all__ = ["PrototypeTrainer", "loss_terms"]
 
 logger = logging.getLogger(__name__)
 
-LOSS_TERMS = ("loss", "cls", "clst", "sep", "map", "oc", "div", "l1")
+LOSS_TERMS = ("loss", "cls", "clst", "sep", "map", "oc", "div", "ortho", "fine", "l1")
 
 
 def loss_terms(output: dict | None) -> dict[str, float]:
@@ -74,9 +75,12 @@ class PrototypeTrainer(Trainer):
             training batches every epoch, as MProtoNet trains its last layer) or ``"cached"`` (the
             similarities of the un-augmented training fold that the push already computed: stage 3 becomes a
             logistic regression on fixed inputs and costs no forward pass; :class:`SimilarityBatches`).
+        frozen_encoder_epochs: the first N stage-1 epochs keep the encoder frozen, in eval mode (FPN-IAIA-BL's
+            stage A, §4: "freeze the backbone to warm up all the other layers"); 0 for the other models.
         seed: base seed of the per-epoch reseeding.
         push_output_dir: where the push writes its provenance JSON (optional).
-        distributed: wrap the trained modules in DistributedDataParallel when a process group is initialised.
+        distributed: when a process group is initialised, start from rank 0's weights, broadcast its buffers
+            before each forward and average gradients over ranks (:mod:`~monai_protoshare.engines.distributed`).
         channels_last: keep the network and the images in ``torch.channels_last_3d`` memory format; oneDNN's
             3D convolutions (the stem's weight gradient above all) run about 1.5x faster so on CPU.
         amp: bf16 autocast (CUDA only).
@@ -103,6 +107,7 @@ class PrototypeTrainer(Trainer):
         classifier_lr: float = 1e-3,
         mask_shift_lr_factor: float = 1.0,
         classifier_inputs: str = "augmented",
+        frozen_encoder_epochs: int = 0,
         seed: int = 0,
         push_output_dir: str | None = None,
         distributed: bool = False,
@@ -135,6 +140,11 @@ class PrototypeTrainer(Trainer):
             raise ValueError(
                 f"mask_shift_lr_factor multiplies latent_lr and must be positive; got {mask_shift_lr_factor}."
             )
+        if not 0 <= int(frozen_encoder_epochs) <= schedule.latent_epochs:
+            raise ValueError(
+                f"frozen_encoder_epochs must be within 0..latent_epochs={schedule.latent_epochs}; "
+                f"got {frozen_encoder_epochs}."
+            )
         if schedule.latent_epochs and push_data_loader is None:
             raise ValueError("push_data_loader (the un-augmented training fold) is required for the push.")
         use_amp = bool(amp) and torch.device(device).type == "cuda"
@@ -153,6 +163,7 @@ class PrototypeTrainer(Trainer):
         self.network = network
         self.memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
         self.schedule = schedule
+        self.frozen_encoder_epochs = int(frozen_encoder_epochs)
         self.warmup_model = network if is_cnn else CNNClassifier.sharing(network)
         # the warm-up model's GAP head is created here, so the caller cannot have moved it with the network
         network.to(device=self.state.device, memory_format=self.memory_format)
@@ -196,6 +207,8 @@ class PrototypeTrainer(Trainer):
 
         # built-in handlers, attached before the user's so that checkpoints follow the push
         EpochReseedHandler(seed, train_data_loader).attach(self)
+        if self.distributed:
+            self.add_event_handler(Events.STARTED, lambda _: broadcast_state(self.network, self.warmup_model))
         TrainingStageHandler().attach(self)
         if self.latent_scheduler is not None:
             self.add_event_handler(Events.EPOCH_COMPLETED, self._step_latent_scheduler)
@@ -219,7 +232,7 @@ class PrototypeTrainer(Trainer):
 
     # ------------------------------------------------------------------ stages
     def module_for(self, stage: Stage) -> nn.Module:
-        """The module trained in ``stage`` (DDP-wrapped by the stage handler when distributed)."""
+        """The module trained in ``stage``."""
         return self.warmup_model if stage == Stage.WARMUP else self.network
 
     def optimizer_for(self, stage: Stage) -> torch.optim.Optimizer:
@@ -250,6 +263,8 @@ class PrototypeTrainer(Trainer):
         labels = labels.long().view(-1)
         optimizer = self.optimizer_for(stage)
         optimizer.zero_grad(set_to_none=True)
+        if self.distributed and stage != Stage.CLASSIFIER:
+            broadcast_buffers(self.module_for(stage))  # as DDP's broadcast_buffers: rank 0's BN statistics
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=engine.amp):
             if stage == Stage.WARMUP:
                 logits = engine.forward_module(images)
@@ -258,7 +273,9 @@ class PrototypeTrainer(Trainer):
             elif stage == Stage.LATENT:
                 output = engine.forward_module(images)
                 logits = output.logits
-                terms = self.latent_loss(self.network, output, labels)
+                masks = batchdata.get("mask")  # only the fine-annotation loss reads them (configs/ablations/fine.yaml)
+                masks = None if masks is None else masks.to(engine.state.device)
+                terms = self.latent_loss(self.network, output, labels, masks=masks)
             else:
                 if images is None:
                     similarities = batchdata["similarities"].to(engine.state.device)
@@ -268,18 +285,9 @@ class PrototypeTrainer(Trainer):
                 logits = self.network.classifier(similarities.float())
                 terms = self.classifier_loss(self.network, logits, labels)
         terms["loss"].backward()
-        if stage == Stage.CLASSIFIER and self.distributed:
-            _all_reduce_gradients(self.network.classifier.parameters())
+        if self.distributed:
+            average_gradients(p for group in optimizer.param_groups for p in group["params"])
         optimizer.step()
         out = {k: float(v.detach()) for k, v in terms.items()}
         out.update({CommonKeys.PRED: logits.detach().float(), CommonKeys.LABEL: labels})
         return out
-
-
-def _all_reduce_gradients(parameters) -> None:
-    """Average gradients over ranks (stage 3 trains only the small classifier, outside DDP)."""
-    world = dist.get_world_size()
-    for p in parameters:
-        if p.grad is not None:
-            dist.all_reduce(p.grad)
-            p.grad /= world

@@ -2,35 +2,41 @@
 
 When a case came as DICOM, the radiologist's PACS viewer shows the evidence over the T1-CE series itself:
 :func:`series_label_volume` samples a label volume given in world coordinates (a NIfTI image on the T1-CE's
-original grid, e.g. the overlay mapped by ``data_prep.native_space.map_to_original``) on the grid of the
-source instances, and :func:`write_evidence_seg` writes a binary ``highdicom`` Segmentation whose frames
-reference those instances, in their frame of reference and series.
+original grid, e.g. the overlay mapped back by ``data_prep``) on the grid of the source instances, and
+:func:`write_evidence_seg` writes a binary ``highdicom`` Segmentation whose frames reference those instances, in
+their frame of reference and series. Which cases came from DICOM, and how their grid maps to the original scan,
+only ``data_prep`` knows: the evidence writers take a :data:`SegWriterFactory` (``data_prep.evidence_seg``'s
+``case_seg_writer``) instead of importing it. ``highdicom`` and ``pydicom`` are the ``dicom`` extra, imported
+when a SEG is read or written.
 
 Example:
-    >>> datasets = [pydicom.dcmread(p) for p in t1ce_files]
+    >>> datasets = read_series(t1ce_files)
     >>> labels = series_label_volume(nib.load("evidence_label.nii.gz"), datasets)  # (frames, rows, cols)
     >>> write_evidence_seg(labels, datasets, "evidence_seg.dcm")
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
-import highdicom as hd
 import nibabel as nib
 import numpy as np
-import pydicom
-from pydicom.dataset import Dataset
-from pydicom.sr.codedict import codes
 
 from .. import __version__
 from ..io import atomic_path
 
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
 __all__ = [
     "SEG_NAME",
-    "data_prep_seg_writer",
+    "SegWriter",
+    "SegWriterFactory",
     "frame_index_to_lps",
     "read_series",
     "series_label_volume",
@@ -38,8 +44,21 @@ __all__ = [
 ]
 
 SEG_NAME = "evidence_seg.dcm"
+#: ``writer(label_image, folder) -> path``: writes a case's DICOM SEG from its label overlay into ``folder``.
+SegWriter = Callable[[nib.Nifti1Image, Path], Path]
+#: ``factory(case_file) -> writer or None``: the SEG writer of the case one of whose input files is ``case_file``,
+#: ``None`` for a case that did not come from DICOM.
+SegWriterFactory = Callable[[str | os.PathLike], SegWriter | None]
 # nibabel/NIfTI world coordinates are RAS; DICOM's are LPS.
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def _dicom_extra(name: str) -> ModuleType:
+    """Import ``name`` (a package of the ``dicom`` extra), naming the extra when it is missing."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as err:
+        raise ImportError(f"DICOM SEG needs {name.split('.')[0]}: pip install 'monai_protoshare[dicom]'") from err
 
 
 def read_series(files: Sequence[str | os.PathLike]) -> list[Dataset]:
@@ -51,6 +70,7 @@ def read_series(files: Sequence[str | os.PathLike]) -> list[Dataset]:
     """
     if not files:
         raise ValueError("files must list the DICOM files of the source series; received none.")
+    pydicom = _dicom_extra("pydicom")
     datasets = []
     for path in files:
         if not Path(path).is_file():
@@ -137,6 +157,8 @@ def write_evidence_seg(
     Raises:
         ValueError: when ``labels`` does not have one frame per source instance of their size.
     """
+    hd = _dicom_extra("highdicom")
+    codes = _dicom_extra("pydicom.sr.codedict").codes
     labels = np.asarray(labels)
     expected = (len(source_datasets), int(source_datasets[0].Rows), int(source_datasets[0].Columns))
     if labels.shape != expected:
@@ -171,37 +193,3 @@ def write_evidence_seg(
     with atomic_path(path) as tmp:
         seg.save_as(tmp)
     return Path(path)
-
-
-def data_prep_seg_writer(case_file: str | os.PathLike) -> Callable[[nib.Nifti1Image, Path], Path] | None:
-    """A ``dicom_seg`` callback for :func:`~monai_protoshare.explain.evidence_writer.write_case_evidence` when the
-    case was prepared by ``data_prep`` from a DICOM study.
-
-    Looks for the ``data_prep`` case record in the folder of ``case_file`` (any of the case's sequence files).
-    When its T1-CE came from DICOM, the callback maps the label overlay (on the model-input grid, SRI24 space)
-    to the original T1-CE scan (``data_prep.native_space.map_to_original``, nearest neighbour), samples it on
-    the source instances and writes ``evidence_seg.dcm`` into the given folder.
-
-    Returns:
-        The callback, or ``None`` for NIfTI cases, cases without a record, or without ``data_prep`` installed.
-    """
-    try:  # data_prep is an optional sibling package (it imports this package, not the other way round)
-        from data_prep.brats_layout import case_record_path
-        from data_prep.native_space import load_case_record, map_to_original
-    except ImportError:
-        return None
-    folder = Path(case_file).parent
-    record_path = case_record_path(folder.parent, folder.name)
-    if not record_path.is_file():
-        return None
-    record = load_case_record(record_path)
-    source = record["sequences"]["t1ce"]["source"]
-    if source.get("kind") != "dicom":
-        return None
-
-    def write(label_image: nib.Nifti1Image, out_dir: Path) -> Path:
-        original = map_to_original(label_image, record, sequence="t1ce", interpolation="nearest")
-        datasets = read_series(source["files"])
-        return write_evidence_seg(series_label_volume(original, datasets), datasets, Path(out_dir) / SEG_NAME)
-
-    return write

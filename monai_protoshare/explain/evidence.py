@@ -43,14 +43,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..data.brats import GRADE_LABELS
+from ..data.cases import CLASS_NAMES
 from ..networks import PrototypeNetwork, PrototypeOutput
 from .attribution import prototype_class_maps, upsample_to
 
 __all__ = [
-    "CLASS_NAMES",
     "OVERLAY_THRESHOLD",
-    "SEQUENCE_NAMES",
     "CaseEvidence",
     "PrototypeCatalogue",
     "PrototypeSource",
@@ -70,10 +68,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Class names in label order (LGG = 0, HGG = 1; DESIGN §3).
-CLASS_NAMES: tuple[str, ...] = tuple(sorted(GRADE_LABELS, key=GRADE_LABELS.get))
-#: Input channels in order (DESIGN §3).
-SEQUENCE_NAMES: tuple[str, ...] = ("T1", "T1-CE", "T2", "FLAIR")
 #: Relative level of the min-max normalised class evidence kept in the label overlay (AP's rule, DESIGN §8).
 OVERLAY_THRESHOLD = 0.5
 

@@ -37,11 +37,11 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose
 
+from ..data.cases import SEQUENCE_NAMES
 from ..data.transforms import to_native_space
 from ..io import atomic_path, write_json
 from .evidence import (
     OVERLAY_THRESHOLD,
-    SEQUENCE_NAMES,
     CaseEvidence,
     PrototypeCatalogue,
     PrototypeSource,

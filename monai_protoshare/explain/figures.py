@@ -24,10 +24,10 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from ..data.cases import SEQUENCE_NAMES
 from ..io import atomic_path
 from .evidence import (
     OVERLAY_THRESHOLD,
-    SEQUENCE_NAMES,
     CaseEvidence,
     PrototypeCatalogue,
     PrototypeSource,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import os
 from pathlib import Path
@@ -12,22 +10,42 @@ from typing import Any
 import torch
 from ignite.engine import Events
 
-from ..io import atomic_path, write_json, write_text
+from ..data.cases import CLASS_NAMES
+from ..explain.attribution import CLASS_MAPS, PROTOPNET_MAPS
+from ..io import atomic_path, write_json
 from ..metrics import reliability_diagram
+from .predictions_writer import write_predictions
 
 __all__ = ["EvaluationReportHandler"]
 
 logger = logging.getLogger(__name__)
 
 #: per-case evidence checks of :class:`~monai_protoshare.engines.PrototypeEvaluator`, summarised by their mean
-PER_CASE_KEYS = ("ap_per_scale", "ap_per_prototype", "ap_subregions", "randomisation_spearman", "removal_error")
+PER_CASE_KEYS = (
+    "ap_per_scale",
+    "ap_per_prototype",
+    "ap_subregions",
+    "ap_by_class_map",
+    "ap_by_protopnet_map",
+    "randomisation_spearman",
+    "removal_error",
+)
+#: names of the columns of the per-case values written as ``{name: mean}``
+NAMED_COLUMNS = {
+    "ap_subregions": ("ncr_net", "ed", "et"),
+    "ap_by_class_map": CLASS_MAPS,
+    "ap_by_protopnet_map": PROTOPNET_MAPS,
+}
 
 
 class EvaluationReportHandler:
     """Collects every case of an evaluation run and writes, at ``COMPLETED`` (rank 0, atomically):
 
-    - ``metrics.json``: ``bac``, ``ap`` (fractions), ``ids``, ``ids_bac`` (percent), ``ece``, ``n`` from
-      ``engine.state.metrics``, the IDS curves, and the means of the per-case evidence checks
+    - ``metrics.json``: ``bac``, ``ap`` (fractions), ``ids``, ``ids_bac`` (percent, the paper's deletion order),
+      ``ids_peer``, ``ids_peer_bac`` (the peers' quantile order), ``ece``, ``n`` from ``engine.state.metrics``, the
+      IDS curves, AP under each class-map convention (``ap_by_class_map``, ``class_map`` the one of ``ap``; ProtoPNet
+      also ``ap_by_protopnet_map`` and ``protopnet_map``),
+      and the means of the per-case evidence checks
       (AP per scale, per prototype and per BraTS sub-region; randomisation rank correlation; prototype
       removal error), plus ``extra`` (e.g. model name, fold, attribution method);
     - ``predictions.csv``: subject, true class, predicted class, class probabilities, case AP;
@@ -40,7 +58,7 @@ class EvaluationReportHandler:
     """
 
     def __init__(
-        self, output_dir: str | os.PathLike, class_names: tuple[str, ...] = ("LGG", "HGG"), extra: dict | None = None
+        self, output_dir: str | os.PathLike, class_names: tuple[str, ...] = CLASS_NAMES, extra: dict | None = None
     ) -> None:
         self.output_dir = Path(output_dir)
         self.class_names = tuple(class_names)
@@ -75,16 +93,30 @@ class EvaluationReportHandler:
                 result[key] = float(metrics[key])
         ids_details = details.get("ids")
         if isinstance(ids_details, dict):
-            result["ids_bac"] = float(ids_details["ids_bac"])
-            result["ids_curve"] = [float(v) for v in ids_details["curve"]]
-            result["ids_bac_curve"] = [float(v) for v in ids_details["curve_bac"]]
+            for order in ("", "_peer"):
+                result[f"ids{order}_bac"] = float(ids_details[f"ids{order}_bac"])
+                result[f"ids{order}_curve"] = [float(v) for v in ids_details[f"curve{order}"]]
+                result[f"ids{order}_bac_curve"] = [float(v) for v in ids_details[f"curve{order}_bac"]]
+            result["ids_peer"] = float(ids_details["ids_peer"])
         for key in PER_CASE_KEYS:
             if self._cases[key]:
                 mean = torch.cat(self._cases[key]).mean(dim=0)
                 result[key] = mean.tolist() if mean.ndim else float(mean)
-        if isinstance(result.get("ap_subregions"), list):
-            result["ap_subregions"] = dict(zip(("ncr_net", "ed", "et"), result["ap_subregions"]))
-        result["units"] = {"bac": "fraction", "ap": "fraction", "ids": "percent", "ids_bac": "percent"}
+        if "ap_by_class_map" in result:  # the conventions ``ap`` was computed under (DESIGN §8)
+            result["class_map"] = engine.class_map
+        if "ap_by_protopnet_map" in result:
+            result["protopnet_map"] = engine.protopnet_map
+        for key, names in NAMED_COLUMNS.items():
+            if isinstance(result.get(key), list):
+                result[key] = dict(zip(names, result[key], strict=True))
+        result["units"] = {
+            "bac": "fraction",
+            "ap": "fraction",
+            "ids": "percent",
+            "ids_bac": "percent",
+            "ids_peer": "percent",
+            "ids_peer_bac": "percent",
+        }
         result.update(self.extra)
         return result
 
@@ -97,15 +129,8 @@ class EvaluationReportHandler:
         labels = torch.cat(self._cases["label"])
         ap = engine.state.metric_details.get("ap")
         ap = torch.as_tensor(ap).flatten().tolist() if ap is not None else [None] * len(labels)
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        writer.writerow(["subject_id", "label", "prediction"] + [f"prob_{c}" for c in self.class_names] + ["ap"])
         ids = self._cases["subject_id"] or [str(i) for i in range(len(labels))]
-        for sid, y, p, a in zip(ids, labels.tolist(), probs.tolist(), ap):
-            predicted = self.class_names[max(range(len(p)), key=p.__getitem__)]
-            row = [sid, self.class_names[y], predicted] + [f"{v:.6f}" for v in p]
-            writer.writerow(row + ["" if a is None else f"{float(a):.6f}"])
-        write_text(self.output_dir / "predictions.csv", buffer.getvalue())
+        write_predictions(self.output_dir, ids, probs.tolist(), self.class_names, labels.tolist(), ap)
         figure = reliability_diagram(probs, labels)
         with atomic_path(self.output_dir / "reliability.png") as tmp:
             figure.savefig(tmp, dpi=100)

@@ -13,9 +13,9 @@ from ignite.engine import Events
 from monai.data import MetaTensor, decollate_batch
 from monai.transforms import Compose
 
-from ..explain.dicom_seg import data_prep_seg_writer
+from ..data.cases import CLASS_NAMES
+from ..explain.dicom_seg import SegWriterFactory
 from ..explain.evidence import (
-    CLASS_NAMES,
     OVERLAY_THRESHOLD,
     PrototypeSource,
     explain_cases,
@@ -51,8 +51,9 @@ class EvidenceExportHandler:
         figure: also write the case figure.
         overlay_threshold: relative level of the label overlay.
         overwrite: rewrite finished cases.
-        dicom_seg: also write a DICOM SEG on the T1-CE series for cases ``data_prep`` prepared from DICOM
-            (:func:`~monai_protoshare.explain.dicom_seg.data_prep_seg_writer`).
+        dicom_seg: called with an input file of each case, returns the writer of its DICOM SEG or ``None``
+            (``data_prep.evidence_seg.case_seg_writer`` writes one for the cases ``data_prep`` prepared from DICOM);
+            ``None``: no SEG.
         image_key, id_key, label_key, mask_key: keys of the batch.
 
     Example:
@@ -75,7 +76,7 @@ class EvidenceExportHandler:
         figure: bool = True,
         overlay_threshold: float = OVERLAY_THRESHOLD,
         overwrite: bool = False,
-        dicom_seg: bool = True,
+        dicom_seg: SegWriterFactory | None = None,
         image_key: str = "image",
         id_key: str = "subject_id",
         label_key: str = "label",
@@ -94,7 +95,7 @@ class EvidenceExportHandler:
         self.top_k, self.sharedness, self.sources = int(top_k), sharedness, sources
         self.class_names, self.figure = tuple(class_names), bool(figure)
         self.overlay_threshold = float(overlay_threshold)
-        self.overwrite, self.dicom_seg = bool(overwrite), bool(dicom_seg)
+        self.overwrite, self.dicom_seg = bool(overwrite), dicom_seg
         self.image_key, self.id_key, self.label_key, self.mask_key = image_key, id_key, label_key, mask_key
         self.written: list[str] = []
         self.failures: dict[str, str] = {}
@@ -153,7 +154,7 @@ class EvidenceExportHandler:
                     figure=self.figure,
                     overlay_threshold=self.overlay_threshold,
                     tumour_mask=mask,
-                    dicom_seg=data_prep_seg_writer(source) if self.dicom_seg else None,
+                    dicom_seg=self.dicom_seg(source) if self.dicom_seg is not None else None,
                     overwrite=self.overwrite,
                 )
                 self.written.append(subject)

@@ -35,7 +35,13 @@ from monai_protoshare.metrics import (
 )
 from monai_protoshare.metrics.activation_precision import DEFAULT_THRESHOLD
 from monai_protoshare.metrics.calibration import DEFAULT_BINS
-from monai_protoshare.metrics.incremental_deletion import CURVE_METRICS, DEFAULT_BATCH_SIZE, DEFAULT_STEPS
+from monai_protoshare.metrics.incremental_deletion import (
+    CURVE_METRICS,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_SEED,
+    DEFAULT_STEPS,
+    DELETION_ORDERS,
+)
 from monai_protoshare.metrics.utils import as_batch
 
 __all__ = ["ActivationPrecision", "BalancedAccuracy", "ExpectedCalibrationError", "IncrementalDeletion"]
@@ -114,8 +120,9 @@ class ActivationPrecision(IgniteMetricHandler):
 class IncrementalDeletion(IgniteMetricHandler):
     """IDS in percent (App. D.4); ``output_transform`` yields ``(image, attribution, label)``.
 
-    The metric value is the score of ``metric``; with ``save_details`` the whole result (``ids``, ``ids_bac``,
-    ``curve``, ``curve_bac``) goes to ``engine.state.metric_details[name]``.
+    Both deletion orders run from one set of forwards (the paper's ``"rank"``, the peers' ``"quantile"``); the metric
+    value is the score of ``metric`` and ``order``; with ``save_details`` the whole result (``ids``, ``ids_bac``,
+    ``curve``, ``curve_bac`` and the ``_peer`` versions) goes to ``engine.state.metric_details[name]``.
 
     Args:
         predict: maps images (m, C_in, H, W, D) to logits (m, C), e.g. ``lambda x: net(x).logits``.
@@ -124,7 +131,10 @@ class IncrementalDeletion(IgniteMetricHandler):
         metric: ``"accuracy"`` (the paper's text) or ``"balanced_accuracy"`` (MProtoNet's tables).
         num_classes: C; defaults to 2.
         output_transform: defaults to ``from_engine(["image", "attribution", "label"])``.
-        save_details: keep both curves and scores.
+        save_details: keep the curves and scores.
+        order: the score's deletion order, ``"rank"`` (the paper's text: 2 % of the voxels a step, ties broken by
+            a seeded permutation) or ``"quantile"`` (the peers' thresholds, ties deleted together).
+        seed: seed of the tie-breaking permutation.
     """
 
     def __init__(
@@ -136,10 +146,14 @@ class IncrementalDeletion(IgniteMetricHandler):
         num_classes: int | None = None,
         output_transform: Callable | None = None,
         save_details: bool = True,
+        order: str = "rank",
+        seed: int = DEFAULT_SEED,
     ) -> None:
-        self.score_key = "ids" if look_up_option(metric, CURVE_METRICS) == "accuracy" else "ids_bac"
+        peer = "_peer" if look_up_option(order, DELETION_ORDERS) == "quantile" else ""
+        bac = "_bac" if look_up_option(metric, CURVE_METRICS) == "balanced_accuracy" else ""
+        self.score_key = f"ids{peer}{bac}"
         super().__init__(
-            metric_fn=IncrementalDeletionMetric(predict, steps, batch_size, num_classes),
+            metric_fn=IncrementalDeletionMetric(predict, steps, batch_size, num_classes, seed),
             output_transform=_batched(output_transform, ("image", "attribution", "label")),
             save_details=save_details,
         )

@@ -106,14 +106,16 @@ def push_prototypes(
     best_id = [""] * total
     identity = network.prototype_class_identity if network.ownership == "class_specific" else None
     num_cases = 0
-    all_descriptors, all_labels = [], []
+    matching_inputs, all_labels = [], []
     for batch in data_loader:
         images = batch[image_key].to(device)
         labels = torch.as_tensor(batch[label_key]).long().view(-1).to(device)
         ids = list(batch[id_key])
         num_cases += images.shape[0]
         out = network.explain(images, online_cam=False)
-        all_descriptors.append(torch.cat(out.descriptors, dim=1).float().cpu())  # (B, K_total, E)
+        # what the similarities to the NEW prototypes are computed from: the descriptors (B, K_s, E), which do not
+        # depend on the prototypes; for ProtoPNet the features G_s (B, E, H_s, W_s, D_s), whose best-matching voxels do
+        matching_inputs.append([t.cpu() for t in (out.features if network.mapping == "none" else out.descriptors)])
         all_labels.append(labels.cpu())
         for i, sl in enumerate(slices):
             descriptors = out.descriptors[i].float()  # (B, K_s, E)
@@ -143,12 +145,29 @@ def push_prototypes(
     bank.source_box.copy_(best_box)
     bank.source_similarity.copy_(best_sim.to(bank.source_similarity))
     bank.push_epoch.fill_(int(epoch))
+    similarities = _similarities_after_push(network, matching_inputs, device)
     network.train(was_training)
-    descriptors = torch.cat(all_descriptors)  # (N, K_total, E)
-    similarities = F.cosine_similarity(descriptors, best_desc.cpu().unsqueeze(0), dim=-1, eps=1e-8)
     return PushResult(
         best_sim.cpu(), best_id, best_box, num_cases, time.perf_counter() - start, similarities, torch.cat(all_labels)
     )
+
+
+def _similarities_after_push(network: nn.Module, matching_inputs: list[list[torch.Tensor]], device) -> torch.Tensor:
+    """S(x, P) (N, K_total) of every pushed case to the new prototypes, as the eval-mode forward computes them.
+
+    Mapping networks: cosine of the cached descriptors (eq. 14-15). ProtoPNet: top-α mean of the per-voxel
+    similarities of the cached features to the new prototypes (its best-matching voxels move with the prototypes,
+    so the descriptors of the old prototypes' best voxels would give different similarities).
+    """
+    bank = network.prototypes
+    batches = []
+    for per_scale in matching_inputs:
+        sims = []
+        for i, t in enumerate(per_scale):
+            t = t.to(device)
+            sims.append(network.voxel_matching(t, i)[0] if network.mapping == "none" else bank.similarity(t, i))
+        batches.append(torch.cat(sims, dim=1).float().cpu())
+    return torch.cat(batches)
 
 
 def _gather_best(best_sim, best_desc, best_box, best_id, num_cases):

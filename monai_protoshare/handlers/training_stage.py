@@ -7,8 +7,6 @@ import logging
 import torch
 import torch.distributed as dist
 from ignite.engine import Events
-from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from ..engines.schedule import Stage
 from ..engines.similarity_batches import SimilarityBatches
@@ -26,32 +24,18 @@ TRAINABLE_GROUPS: dict[Stage, tuple[str, ...]] = {
 }
 
 
-class _Explain(nn.Module):
-    """Routes ``forward`` to ``explain`` so DistributedDataParallel synchronises the full stage-1 forward."""
-
-    def __init__(self, network: nn.Module) -> None:
-        super().__init__()
-        self.network = network
-
-    def forward(self, x):
-        return self.network.explain(x)
-
-
 class TrainingStageHandler:
     """At every ``EPOCH_STARTED`` of a :class:`~monai_protoshare.engines.PrototypeTrainer`: set
     ``engine.state.stage`` from the schedule, ``requires_grad_`` exactly the stage's parameter groups
     (:data:`TRAINABLE_GROUPS`), put modules in the right mode, and choose ``engine.forward_module``.
 
     Modes: warm-up trains the CNN model in train mode; stage 1 runs the network in train mode except the
-    frozen decoder and gates, kept in eval mode (their BN statistics stay as warm-up left them); stage 3
+    frozen decoder and gates, kept in eval mode (their BN statistics stay as warm-up left them), and the encoder
+    during the trainer's ``frozen_encoder_epochs`` (FPN-IAIA-BL's stage A) likewise; stage 3
     runs the whole network in eval mode (only the classifier learns). Under ``torch.distributed`` the
-    trained module of each stage is wrapped once in DistributedDataParallel, after its trainable set is
-    fixed. With ``classifier_inputs="cached"`` stage-3 epochs iterate over the similarities the push computed
+    trainer averages the gradients itself (:mod:`monai_protoshare.engines.distributed`). With ``classifier_inputs="cached"`` stage-3 epochs iterate over the similarities the push computed
     (:class:`SimilarityBatches`; recomputed by one pass when a run resumes inside a stage-3 block).
     """
-
-    def __init__(self) -> None:
-        self._wrapped: dict[Stage, nn.Module] = {}
 
     def attach(self, engine) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, self)
@@ -66,7 +50,13 @@ class TrainingStageHandler:
         for p in list(network.parameters()) + list(engine.warmup_model.parameters()):
             p.requires_grad_(False)
         groups = module.parameter_groups()
-        for name in TRAINABLE_GROUPS[stage]:
+        trainable = TRAINABLE_GROUPS[stage]
+        frozen_encoder = stage == Stage.LATENT and (
+            engine.schedule.latent_epoch_index(engine.state.epoch) < engine.frozen_encoder_epochs
+        )
+        if frozen_encoder:  # FPN-IAIA-BL's stage A
+            trainable = tuple(name for name in trainable if name != "encoder")
+        for name in trainable:
             for p in groups[name]:
                 p.requires_grad_(True)
         if stage == Stage.CLASSIFIER:
@@ -74,17 +64,11 @@ class TrainingStageHandler:
         else:
             module.train()
             if stage == Stage.LATENT:
-                for frozen in (network.backbone.decoder, network.backbone.fusions):
+                frozen_modules = [network.backbone.decoder, network.backbone.fusions]
+                for frozen in frozen_modules + ([network.backbone.encoder] if frozen_encoder else []):
                     if frozen is not None:
                         frozen.eval()
-        forward = module if stage == Stage.WARMUP else _Explain(network)
-        if engine.distributed and stage != Stage.CLASSIFIER:
-            if stage not in self._wrapped:
-                device_ids = [engine.state.device] if engine.state.device.type == "cuda" else None
-                self._wrapped[stage] = DistributedDataParallel(
-                    forward, device_ids=device_ids, find_unused_parameters=True
-                )
-            forward = self._wrapped[stage]
+        forward = module if stage == Stage.WARMUP else network.explain
         engine.forward_module = forward
         self._select_data(engine, stage)
         engine.state.lr = engine.optimizer_for(stage).param_groups[0]["lr"]

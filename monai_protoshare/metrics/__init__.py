@@ -16,9 +16,11 @@ from monai_protoshare.metrics.calibration import (
 from monai_protoshare.metrics.incremental_deletion import (
     IncrementalDeletionMetric,
     compute_incremental_deletion,
+    deletion_counts,
     deletion_curve,
     deletion_predictions,
     deletion_score,
+    deletion_step_predictions,
 )
 
 __all__ = [
@@ -31,8 +33,10 @@ __all__ = [
     "compute_balanced_accuracy",
     "compute_expected_calibration_error",
     "compute_incremental_deletion",
+    "deletion_counts",
     "deletion_curve",
     "deletion_predictions",
     "deletion_score",
+    "deletion_step_predictions",
     "reliability_diagram",
 ]

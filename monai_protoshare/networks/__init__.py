@@ -5,6 +5,7 @@ from .cnn import CNNClassifier, GAPClassifierHead
 from .decoder import UNetStyleDecoder
 from .encoder import ResNetEncoder
 from .factory import MODEL_CONFIGURATIONS, build_network, model_names
+from .fpn_iaia_bl import FPNIAIABL, FeaturePyramid, PyramidWarmupClassifier, focal_similarity
 from .fusion import ConcatFusion, GatedFusion, MultiScaleFeatureFusion
 from .localisation import AddOn, MappingHead
 from .pretrained import inflate_resnet2d_state_dict, load_imagenet_resnet, load_medicalnet_resnet
@@ -14,11 +15,13 @@ from .quadruplet_attention import QuadrupletAttention
 from .resample import resize_trilinear
 
 __all__ = [
+    "FPNIAIABL",
     "MODEL_CONFIGURATIONS",
     "AddOn",
     "CNNClassifier",
     "ConcatFusion",
     "FeatureBackbone",
+    "FeaturePyramid",
     "GAPClassifierHead",
     "GatedFusion",
     "MappingHead",
@@ -26,10 +29,12 @@ __all__ = [
     "PrototypeBank",
     "PrototypeNetwork",
     "PrototypeOutput",
+    "PyramidWarmupClassifier",
     "QuadrupletAttention",
     "ResNetEncoder",
     "UNetStyleDecoder",
     "build_network",
+    "focal_similarity",
     "inflate_resnet2d_state_dict",
     "load_imagenet_resnet",
     "load_medicalnet_resnet",

@@ -30,6 +30,9 @@ class FeatureBackbone(nn.Module):
         [16, 64, 128]
     """
 
+    # variable-length tuples, which TorchScript cannot type; forward uses the encoder's attributes
+    __jit_unused_properties__ = ["out_channels", "strides"]
+
     def __init__(
         self,
         in_channels: int = 4,
@@ -62,17 +65,18 @@ class FeatureBackbone(nn.Module):
     def check_input(self, x: torch.Tensor) -> None:
         """Raise a ValueError naming what was expected when ``x`` cannot go through the network."""
         in_channels = self.encoder.in_channels
-        if x.ndim != 5 or x.shape[1] != in_channels:
+        if x.dim() != 5 or x.shape[1] != in_channels:
             raise ValueError(
                 f"input must have shape (B, {in_channels}, H, W, D) with the sequences [T1, T1-CE, T2, FLAIR] "
-                f"as channels; got {tuple(x.shape)}."
+                f"as channels; got {_format_shape(x.shape)}."
             )
-        divisor = self.strides[-1]
-        if any(int(n) % divisor for n in x.shape[2:]):
-            raise ValueError(
-                f"input spatial size {tuple(x.shape[2:])} must be a multiple of {divisor} in every dimension "
-                f"(the encoder's coarsest stride), e.g. 128x128x96 (paper) or 64x64x48 (cpu_small)."
-            )
+        divisor = self.encoder.strides[-1]
+        for n in x.shape[2:]:
+            if n % divisor != 0:
+                raise ValueError(
+                    f"input spatial size {_format_shape(x.shape[2:])} must be a multiple of {divisor} in every "
+                    f"dimension (the encoder's coarsest stride), e.g. 128x128x96 (paper) or 64x64x48 (cpu_small)."
+                )
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Args: x (B, in_channels, H, W, D). Returns F_s for every scale, fine to coarse, (B, C_s, H_s, W_s, D_s)."""
@@ -80,4 +84,9 @@ class FeatureBackbone(nn.Module):
         if self.decoder is None or self.fusions is None:
             return encoded
         decoded = self.decoder(encoded)
-        return [fuse(f, f_dec) for fuse, f, f_dec in zip(self.fusions, encoded, decoded)]
+        return [fuse(encoded[i], decoded[i]) for i, fuse in enumerate(self.fusions)]
+
+
+def _format_shape(shape: list[int]) -> str:
+    """``str(tuple(shape))``, in a form TorchScript compiles: ``(1, 3, 32)``."""
+    return "(" + ", ".join([str(n) for n in shape]) + ("," if len(shape) == 1 else "") + ")"

@@ -90,8 +90,11 @@ class CNNClassifier(ArchitectureSignature, nn.Module):
         return cls(backbone, add_ons, tuple(scales), num_classes)
 
     @classmethod
-    def sharing(cls, network: nn.Module) -> CNNClassifier:
-        """The warm-up model of a :class:`PrototypeNetwork`: shares its backbone and add-on modules."""
+    def sharing(cls, network: nn.Module) -> nn.Module:
+        """The warm-up model of a :class:`PrototypeNetwork`: shares its backbone and add-on modules. A network with
+        its own ``warmup_model()`` (FPN-IAIA-BL, whose pyramid mixes the scales) builds that instead."""
+        if hasattr(network, "warmup_model"):
+            return network.warmup_model()
         return cls(network.backbone, network.add_ons, network.scales, network.num_classes)
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:

@@ -51,7 +51,10 @@ class UNetStyleDecoder(nn.Module):
         """Args: encoder features fine to coarse. Returns decoder features f̃_s, fine to coarse, same shapes."""
         decoded = [self.bottleneck(encoder_features[-1])]
         for i in range(len(self.blocks) - 1, -1, -1):
-            # explicit target size: odd sizes never drift from the encoder's grid
-            up = resample.resize_trilinear(decoded[0], encoder_features[i].shape[2:])
-            decoded.insert(0, self.blocks[i](up))
+            # TorchScript indexes a ModuleList by literals only (a loop over it unrolls): look block i up
+            for j, block in enumerate(self.blocks):
+                if j == i:
+                    # explicit target size: odd sizes never drift from the encoder's grid
+                    up = resample.resize_trilinear(decoded[0], encoder_features[i].shape[2:])
+                    decoded.insert(0, block(up))
         return decoded

@@ -101,7 +101,7 @@ class ResNetEncoder(nn.Module):
         """Args: x (B, in_channels, H, W, D). Returns [s1, s2(, s3)], fine to coarse."""
         s1 = self.act(self.bn1(self.conv1(x)))
         features = [s1, self.layer1(self.maxpool(s1))]
-        if self.num_scales > 2:
+        if hasattr(self, "layer2"):  # cut after layer1 otherwise (hasattr: a test TorchScript resolves statically)
             features.append(self.layer2(features[-1]))
         return features
 

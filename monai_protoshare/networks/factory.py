@@ -14,7 +14,9 @@ from monai.utils import look_up_option
 from torch import nn
 
 from .cnn import CNNClassifier
-from .pretrained import load_imagenet_resnet, load_medicalnet_resnet
+from .fpn_iaia_bl import FPNIAIABL
+from .pretrained import imagenet_weights_file, load_imagenet_resnet, load_medicalnet_resnet
+from .proto_seg import ProtoSegNetwork
 from .protonet import PrototypeNetwork
 
 __all__ = ["MODEL_CONFIGURATIONS", "build_network", "model_names"]
@@ -52,8 +54,15 @@ MODEL_CONFIGURATIONS: dict[str, dict[str, Any]] = {
     "um_protoshare_e1": {**_UM, "fusion": "gated", "prototypes_per_scale": (15, 9, 6)},
     "um_protoshare_e2": {**_UM, "fusion": "gated", "prototypes_per_scale": (9, 15, 6)},
     "um_protoshare_e3": {**_UM, "fusion": "gated", "prototypes_per_scale": (6, 9, 15)},
+    # FPN-IAIA-BL (seed 003): same encoder, feature pyramid, 5 prototypes per (level, class): 15 + 15
+    "fpn_iaia_bl": {"prototypes_per_level_class": ((5, 5), (5, 5), (5, 5))},
 }
 MODEL_CONFIGURATIONS["um_protoshare"] = MODEL_CONFIGURATIONS["um_protoshare_e2"]
+#: segmentation networks (issue 23): built by name like the models above, but not Table-1 classifiers, so not in
+#: :func:`model_names`.
+SEGMENTATION_NETWORKS: dict[str, type[nn.Module]] = {"proto_seg": ProtoSegNetwork}
+#: Table-1 models with their own class (the others are PrototypeNetwork, or CNNClassifier.build for "cnn")
+_MODEL_CLASSES: dict[str, type[nn.Module]] = {"fpn_iaia_bl": FPNIAIABL}
 
 _CNN_KEYS = ("in_channels", "num_classes", "encoder_layers", "encoder_widths", "encoder_attention", "fusion",
              "scales", "embedding_dim", "add_on_activation")  # fmt: skip
@@ -75,7 +84,8 @@ def build_network(
     Args:
         name: one of :func:`model_names` (case-insensitive; ``-`` and ``_`` are equivalent).
         pretrained: ``None``, ``"imagenet"`` (inflated torchvision ResNet-152, App. A.1) or ``"medicalnet"``.
-        pretrained_path: local weights file for ``pretrained``.
+        pretrained_path: local weights file for ``pretrained``; for ``"imagenet"`` it defaults to torchvision's cached
+            ResNet-152 file (:func:`~monai_protoshare.networks.pretrained.imagenet_weights_file`).
         overrides: keyword arguments of :class:`PrototypeNetwork` / :meth:`CNNClassifier.build`,
             applied on top of the named configuration (lists are accepted for tuples).
 
@@ -88,10 +98,13 @@ def build_network(
         ('class_specific', 'minmax_soft', (3,))
     """
     try:
-        key = look_up_option(str(name).lower().replace("-", "_"), model_names())
+        key = look_up_option(str(name).lower().replace("-", "_"), model_names() + sorted(SEGMENTATION_NETWORKS))
     except ValueError as err:
         raise ValueError(f"build_network(name={name!r}): unknown model name. {err}") from None
-    kwargs = {**MODEL_CONFIGURATIONS[key], **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}}
+    kwargs = {
+        **MODEL_CONFIGURATIONS.get(key, {}),
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()},
+    }
     if key == "cnn":
         unknown = sorted(set(kwargs) - set(_CNN_KEYS))
         if unknown:
@@ -99,12 +112,14 @@ def build_network(
         network = CNNClassifier.build(**kwargs)
     else:
         try:
-            network = PrototypeNetwork(**kwargs)
+            network = SEGMENTATION_NETWORKS.get(key, _MODEL_CLASSES.get(key, PrototypeNetwork))(**kwargs)
         except TypeError as err:
             raise ValueError(f"build_network({key!r}): {err}") from None
     if pretrained is not None:
         loader = look_up_option(pretrained, {"imagenet": load_imagenet_resnet, "medicalnet": load_medicalnet_resnet})
-        if pretrained_path is None:
+        if pretrained == "imagenet":
+            pretrained_path = imagenet_weights_file(pretrained_path)
+        elif pretrained_path is None:
             raise ValueError(f"pretrained={pretrained!r} needs pretrained_path, a local weights file.")
-        loader(network.backbone.encoder, pretrained_path)
+        loader(network.encoder if key in SEGMENTATION_NETWORKS else network.backbone.encoder, pretrained_path)
     return network

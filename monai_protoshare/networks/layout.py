@@ -55,4 +55,7 @@ def with_gradient_layout(x: torch.Tensor) -> torch.Tensor:
     differ: ``max_pool3d``'s backward of a channels-last 1×64×64×64×48 input takes 230 ms with a contiguous
     gradient and 38 ms with a channels-last one (one thread), so converting the small gradient first (9 ms) pays.
     """
+    # exports: a gradient-layout hint that TorchScript cannot compile and a trace would freeze (as_strided's sizes)
+    if torch.jit.is_scripting() or torch.jit.is_tracing():
+        return x
     return _GradientLayout.apply(x) if torch.is_grad_enabled() and x.requires_grad else x

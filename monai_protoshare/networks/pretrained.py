@@ -1,7 +1,9 @@
 """Encoder initialisation from local pretrained files: inflated 2D ImageNet ResNet-152 (App. A.1) or MedicalNet.
 
-Nothing is downloaded: the user points at a file (e.g. torchvision's ``resnet152-f82ba261.pth`` state dict
-saved on a machine with internet access). Files are read with ``torch.load(weights_only=True)``.
+Nothing is downloaded: the ImageNet weights are torchvision's ResNet-152 state dict from its cache
+(``<torch.hub.get_dir()>/checkpoints/resnet152-*.pth``, filled by any torchvision download of the weights) or a
+file the user points at (``pretrained_path``; e.g. ``resnet152-f82ba261.pth`` copied from a machine with internet
+access). Files are read with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -9,14 +11,27 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 
 from .encoder import ResNetEncoder
 
-__all__ = ["inflate_resnet2d_state_dict", "load_imagenet_resnet", "load_medicalnet_resnet", "medicalnet_state_dict"]
+__all__ = [
+    "IMAGENET_CACHE_PATTERN",
+    "imagenet_weights_file",
+    "inflate_resnet2d_state_dict",
+    "load_imagenet_resnet",
+    "load_medicalnet_resnet",
+    "medicalnet_state_dict",
+]
 
 logger = logging.getLogger(__name__)
+
+#: torchvision's cached ResNet-152 ImageNet state dicts (IMAGENET1K_V1 ``resnet152-394f9c45.pth``, V2 ``-f82ba261``)
+IMAGENET_CACHE_PATTERN = "resnet152-*.pth"
+#: where torchvision serves the V2 weights, for the error message only (nothing is downloaded here)
+_IMAGENET_URL = "https://download.pytorch.org/models/resnet152-f82ba261.pth"
 
 
 def inflate_resnet2d_state_dict(
@@ -28,7 +43,8 @@ def inflate_resnet2d_state_dict(
     the depth ``kd``, so a volume constant along D gives the 2D response. ``conv1`` gets a 4th input
     channel equal to the mean of the three RGB channels. BN weights, biases, running statistics and
     ``num_batches_tracked`` are copied. Keys of layers the truncated encoder lacks (layer3, layer4, fc)
-    are ignored.
+    are ignored; tensors of modules the 2D ResNet lacks (MAProtoNet's quadruplet ``attention`` in each bottleneck)
+    keep the encoder's initialisation.
 
     Args:
         state_dict_2d: torchvision key names (``conv1.weight``, ``layer1.0.bn1.running_mean`` …).
@@ -44,6 +60,9 @@ def inflate_resnet2d_state_dict(
     target = encoder.state_dict()
     inflated = {}
     for key, ref in target.items():
+        if key not in state_dict_2d and ".attention." in key:
+            inflated[key] = ref
+            continue
         if key not in state_dict_2d:
             raise KeyError(
                 f"2D state dict has no '{key}': expected a torchvision ResNet-152 state dict covering "
@@ -103,6 +122,33 @@ def _load(path: str | os.PathLike, what: str) -> dict[str, torch.Tensor]:
     if not isinstance(state, Mapping):
         raise ValueError(f"{what} weights file '{path}' does not hold a state dict.")
     return dict(state)
+
+
+def imagenet_weights_file(path: str | os.PathLike | None = None) -> Path:
+    """The ImageNet ResNet-152 state-dict file of App. A.1: ``path`` if given, else torchvision's cached copy.
+
+    Args:
+        path: a local file (the bundle option ``pretrained_path``); None looks in torchvision's cache,
+            ``<torch.hub.get_dir()>/checkpoints/resnet152-*.pth`` (the first in name order when there are several).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist, or none is given and the cache holds no ResNet-152 file: the
+            message names the option ``pretrained_path``, the file looked for and how to get it.
+    """
+    if path is not None:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"pretrained_path: ImageNet ResNet-152 weights file not found: '{path}'.")
+        return Path(path)
+    cache = Path(torch.hub.get_dir()) / "checkpoints"
+    found = sorted(cache.glob(IMAGENET_CACHE_PATTERN))
+    if not found:
+        raise FileNotFoundError(
+            f"pretrained: imagenet needs torchvision's ResNet-152 ImageNet weights, but '{cache / IMAGENET_CACHE_PATTERN}'"
+            f" matches no file and the option pretrained_path is not set (nothing is downloaded). Set pretrained_path "
+            f"to a local copy of {_IMAGENET_URL} or place it in '{cache}' (torchvision.models.resnet152(weights="
+            f"'IMAGENET1K_V2') does, when online); pretrained: null starts from random weights instead."
+        )
+    return found[0]
 
 
 def load_imagenet_resnet(encoder: ResNetEncoder, path: str | os.PathLike) -> ResNetEncoder:

@@ -18,7 +18,6 @@ from .prototypes import PrototypeBank, masked_descriptors
 __all__ = ["OWNERSHIPS", "PrototypeNetwork", "PrototypeOutput"]
 
 OWNERSHIPS = ("shared", "class_specific")
-_PER_SCALE_FIELDS = ("attention", "masks", "descriptors", "features", "mapping_inputs", "online_cam_logits")
 
 
 @dataclass
@@ -218,6 +217,8 @@ class PrototypeNetwork(ArchitectureSignature, nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits (B, C) for input (B, 4, H, W, D): the tensor bundles, TorchScript and Deploy use."""
+        if torch.jit.is_scripting():  # TorchScript cannot build the PrototypeOutput dataclass
+            return self.classifier(torch.cat(self.scale_outputs(x, False)["similarities"], dim=1))
         return self.explain(x, online_cam=False).logits
 
     def explain(self, x: torch.Tensor, online_cam: bool | None = None) -> PrototypeOutput:
@@ -230,40 +231,55 @@ class PrototypeNetwork(ArchitectureSignature, nn.Module):
         Returns:
             :class:`PrototypeOutput`.
         """
+        with_online_cam = self.online_cam if online_cam is None else online_cam and self.online_cam
+        parts = self.scale_outputs(x, with_online_cam)
+        similarities = torch.cat(parts.pop("similarities"), dim=1)
+        return PrototypeOutput(logits=self.classifier(similarities), similarities=similarities, **parts)
+
+    def scale_outputs(self, x: torch.Tensor, online_cam: bool) -> dict[str, list[torch.Tensor]]:
+        """The per-scale fields of :class:`PrototypeOutput` and ``similarities``, S_s (B, K_s) per scale.
+
+        Written for TorchScript as well (the scripted :meth:`forward`): module lists are zipped, not indexed.
+        """
         self.backbone.check_input(x)
         fused = self.backbone(x)
-        with_online_cam = self.online_cam if online_cam is None else online_cam and self.online_cam
-        parts: dict[str, list[torch.Tensor]] = {name: [] for name in _PER_SCALE_FIELDS}
-        similarities = []
-        for i, scale in enumerate(self.scales):
-            g = self.add_ons[i](fused[scale - 1])
-            parts["features"].append(g)
-            if self.mapping_heads is None:
-                sims, descriptors, attention = self._voxel_matching(g, i)
-            else:
-                mapping_input = fused[scale - 1]
-                if self.feature_fusions is not None:
-                    mapping_input = self.feature_fusions[i](fused[scale - 2], mapping_input)
-                head = self.mapping_heads[i]
-                hidden = head.hidden(mapping_input)
-                mask, attention = head.maps_from_hidden(hidden)
-                descriptors = masked_descriptors(g, attention)
-                sims = self.prototypes.similarity(descriptors, i)
-                parts["masks"].append(mask)
-                parts["mapping_inputs"].append(mapping_input)
-                if with_online_cam:
-                    parts["online_cam_logits"].append(self._online_cam_logits(hidden, head, i))
+        fields = ["similarities", "attention", "masks", "descriptors", "features", "mapping_inputs"]
+        parts: dict[str, list[torch.Tensor]] = {name: [] for name in fields + ["online_cam_logits"]}
+        for add_on, scale in zip(self.add_ons, self.scales):
+            parts["features"].append(add_on(fused[scale - 1]))
+        if self.mapping_heads is None:
+            for i, g in enumerate(parts["features"]):
+                sims, descriptors, attention = self.voxel_matching(g, i)
+                parts["similarities"].append(sims)
+                parts["descriptors"].append(descriptors)
+                parts["attention"].append(attention)
+            return parts
+        mapping_inputs = [fused[scale - 1] for scale in self.scales]
+        if self.feature_fusions is not None:
+            for i, fuse in enumerate(self.feature_fusions):
+                mapping_inputs[i] = fuse(fused[self.scales[i] - 2], mapping_inputs[i])
+        first = 0  # the scale's first column of the classifier
+        for i, head in enumerate(self.mapping_heads):
+            hidden = head.hidden(mapping_inputs[i])
+            mask, attention = head.maps_from_hidden(hidden)
+            descriptors = masked_descriptors(parts["features"][i], attention)
+            sims = self.prototypes.similarity(descriptors, i)
+            if online_cam:
+                columns = self.classifier.weight[:, first : first + sims.shape[1]]
+                parts["online_cam_logits"].append(self._online_cam_logits(hidden, head.conv2.weight, columns))
+            first += sims.shape[1]
+            parts["similarities"].append(sims)
+            parts["masks"].append(mask)
             parts["attention"].append(attention)
             parts["descriptors"].append(descriptors)
-            similarities.append(sims)
-        similarities = torch.cat(similarities, dim=1)
-        return PrototypeOutput(logits=self.classifier(similarities), similarities=similarities, **parts)
+            parts["mapping_inputs"].append(mapping_inputs[i])
+        return parts
 
     def topk_count(self, num_voxels: int) -> int:
         """Number of voxels in ProtoPNet's top-α average pooling: ⌈α · V⌉ (at least 1)."""
         return max(1, math.ceil(self.topk_fraction * num_voxels))
 
-    def _voxel_matching(self, g: torch.Tensor, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def voxel_matching(self, g: torch.Tensor, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """ProtoPNet (App. F.1): per-voxel cosine similarity, top-α average pooling.
 
         Returns similarities (B, K), descriptors (B, K, E) = the embedding at each prototype's best voxel,
@@ -271,19 +287,23 @@ class PrototypeNetwork(ArchitectureSignature, nn.Module):
         """
         voxel_sims = self.prototypes.voxel_similarities(g, i)
         flat = voxel_sims.flatten(2)
-        top = flat.topk(self.topk_count(flat.shape[-1]), dim=-1)
+        if not torch.jit.is_scripting() and torch.jit.is_tracing():  # an export: k follows the traced input's V
+            k = torch.ceil(torch._shape_as_tensor(flat)[-1].double() * self.topk_fraction).clamp(min=1).long()
+            top = flat.topk(k, dim=-1)
+        else:
+            top = flat.topk(self.topk_count(flat.shape[-1]), dim=-1)
         best = top.indices[..., :1].expand(-1, -1, g.shape[1]).transpose(1, 2)
         descriptors = g.flatten(2).gather(2, best).transpose(1, 2)
         return top.values.mean(dim=-1), descriptors, voxel_sims
 
-    def _online_cam_logits(self, hidden: torch.Tensor, head: MappingHead, i: int) -> torch.Tensor:
-        """Online-CAM logits of scale i (MProtoNet): LSE-pool the mapping module's hidden features
-        (``(logsumexp(r·A) − log V) / r``), apply its second convolution's weights and this scale's
-        classifier columns. (B, C)."""
+    def _online_cam_logits(self, hidden: torch.Tensor, projection: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+        """Online-CAM logits of one scale (MProtoNet): LSE-pool the mapping module's hidden features
+        (``(logsumexp(r·A) − log V) / r``), apply its second convolution's weights ``projection``
+        (K_s, hidden, 1, 1, 1) and this scale's classifier columns ``columns`` (C, K_s). (B, C)."""
         flat = hidden.flatten(2)
         pooled = (torch.logsumexp(self.lse_r * flat, dim=-1) - math.log(flat.shape[-1])) / self.lse_r
-        per_prototype = pooled @ head.conv2.weight.flatten(1).t()
-        return per_prototype @ self.classifier.weight[:, self.scale_slices()[i]].t()
+        per_prototype = pooled @ projection.flatten(1).t()
+        return per_prototype @ columns.t()
 
 
 def _check_scales(scales: tuple[int, ...], prototypes_per_scale: tuple[int, ...], available: int) -> tuple[int, ...]:

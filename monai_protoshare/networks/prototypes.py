@@ -45,6 +45,8 @@ class PrototypeBank(nn.Module):
         torch.Size([5, 3])
     """
 
+    __jit_unused_properties__ = ["num_prototypes"]  # TorchScript cannot sum a tuple
+
     def __init__(self, prototypes_per_scale: tuple[int, ...], embedding_dim: int) -> None:
         super().__init__()
         self.prototypes_per_scale = tuple(int(k) for k in prototypes_per_scale)
@@ -66,9 +68,16 @@ class PrototypeBank(nn.Module):
             bounds.append(bounds[-1] + k)
         return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
 
+    def vector(self, scale: int) -> torch.Tensor:
+        """p_s, (K_s, E), of active scale ``scale`` (a loop: TorchScript indexes a ParameterList by literals only)."""
+        for i, vectors in enumerate(self.vectors):
+            if i == scale:
+                return vectors
+        raise IndexError(f"scale index {scale} is out of range for {len(self.prototypes_per_scale)} scales.")
+
     def similarity(self, descriptors: torch.Tensor, scale: int) -> torch.Tensor:
         """``S_s^k = cos(H_s^k, p_s^k)`` (§2.2): (B, K_s) from descriptors (B, K_s, E) of active scale ``scale``."""
-        return F.cosine_similarity(descriptors, self.vectors[scale].unsqueeze(0), dim=-1, eps=1e-8)
+        return F.cosine_similarity(descriptors, self.vector(scale).unsqueeze(0), dim=-1, eps=1e-8)
 
     def voxel_similarities(self, features: torch.Tensor, scale: int) -> torch.Tensor:
         """Cosine similarity of every voxel's embedding to every prototype of ``scale`` (ProtoPNet).
@@ -81,7 +90,7 @@ class PrototypeBank(nn.Module):
             (B, K_s, H, W, D).
         """
         g = F.normalize(features, dim=1, eps=1e-8)
-        p = F.normalize(self.vectors[scale], dim=1, eps=1e-8)
+        p = F.normalize(self.vector(scale), dim=1, eps=1e-8)
         return torch.einsum("ke,behwd->bkhwd", p, g)
 
     def set_source_ids(self, index: torch.Tensor, subject_ids: list[str]) -> None:

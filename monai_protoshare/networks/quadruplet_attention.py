@@ -114,6 +114,11 @@ def max_mean_pool(x: torch.Tensor, dims: tuple[int, ...]) -> tuple[torch.Tensor,
     return tuple(pooled)
 
 
+def _max_mean(x: torch.Tensor) -> torch.Tensor:
+    """``[max_1(x), mean_1(x)]``, (B, 2, ...): a gate's pooling over dimension 1 in plain ops (the scripted export)."""
+    return torch.stack([x.amax(dim=1), x.mean(dim=1)], dim=1)
+
+
 def _fft_size(n: int) -> int:
     """The smallest 2-, 3- and 5-smooth integer ≥ ``n`` (sizes the FFTs run fastest on)."""
     while True:
@@ -213,8 +218,8 @@ class AttentionGate(nn.Module):
 
     The convolution runs as :func:`fft_conv3d` (same values, several times faster on CPU and CUDA) and, on CUDA,
     the batch norm as :func:`single_channel_batch_norm`; on the meta device (where the MAC counters run) and in a
-    traced TorchScript export both are the modules' own. Weights and buffers stay an ``nn.Conv3d``'s and an
-    ``nn.BatchNorm3d``'s, so checkpoints are unchanged.
+    TorchScript export (scripted or traced) both are the modules' own. Weights and buffers stay an ``nn.Conv3d``'s
+    and an ``nn.BatchNorm3d``'s, so checkpoints are unchanged.
 
     Args:
         zero_init: start the BN scale at 0 (sigmoid(β) everywhere), as MAProtoNet does for its plain
@@ -230,13 +235,18 @@ class AttentionGate(nn.Module):
 
     def weights(self, pooled: torch.Tensor) -> torch.Tensor:
         """``sigmoid(BN(conv(pooled)))`` of the (B, 2, ...) ``[max, mean]`` pooling: the gate's (B, 1, ...) factor."""
-        if pooled.device.type == "meta" or torch.jit.is_tracing():  # MAC counting; an export valid for any size
+        if torch.jit.is_scripting():  # a scripted export: fft_conv3d does not script
+            return torch.sigmoid(self.bn(self.conv(pooled)))
+        # traced and torch.export graphs would keep the example's FFT sizes; the meta device: MAC counting
+        if torch.jit.is_tracing() or torch.compiler.is_exporting() or pooled.is_meta:
             return torch.sigmoid(self.bn(self.conv(pooled)))
         logits = fft_conv3d(pooled, self.conv.weight)
         # on CPU nn.BatchNorm3d is 2.5x faster than the whole-tensor reductions; on CUDA far slower (one block)
         return torch.sigmoid(single_channel_batch_norm(self.bn, logits) if logits.is_cuda else self.bn(logits))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return t * self.weights(_max_mean(t))
         return t * self.weights(max_mean_pool(t, (1,))[0])
 
 
@@ -257,6 +267,7 @@ class QuadrupletAttention(nn.Module):
 
     # permutation moving the pooled axis to dim 1; every one is its own inverse
     _PERMUTATIONS = ((0, 2, 1, 3, 4), (0, 3, 2, 1, 4), (0, 4, 2, 3, 1))
+    __constants__ = ["_PERMUTATIONS"]  # for the scripted forward
 
     def __init__(self, kernel_size: int = 7) -> None:
         super().__init__()
@@ -270,6 +281,11 @@ class QuadrupletAttention(nn.Module):
         return (0, 1, *(2 + rest.index(a) for a in perm[2:]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():  # an export: the formula, ¼ Σ_g G_g(x), in ops TorchScript compiles
+            factor = 0.25 * self.spatial_gate.weights(_max_mean(x))
+            for perm, gate in zip(self._PERMUTATIONS, self.axis_gates):
+                factor = factor + 0.25 * gate.weights(_max_mean(x.permute(perm))).permute(perm)
+            return x * factor
         pooled = max_mean_pool(x, (1, *(perm[1] for perm in self._PERMUTATIONS)))
         factors = [0.25 * self.spatial_gate.weights(pooled[0])]  # (B, 1, H, W, D), then (B, C, 1, W, D) ...
         for perm, gate, branch in zip(self._PERMUTATIONS, self.axis_gates, pooled[1:], strict=True):

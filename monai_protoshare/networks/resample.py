@@ -11,8 +11,6 @@ memory format; on CPU it calls ``F.interpolate``, whose channels-last kernels ar
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 import torch.nn.functional as F
 
@@ -51,7 +49,7 @@ def linear_weights(
     return lower, upper, source - lower
 
 
-def separable_resize(x: torch.Tensor, size: Sequence[int], align_corners: bool = False) -> torch.Tensor:
+def separable_resize(x: torch.Tensor, size: list[int], align_corners: bool = False) -> torch.Tensor:
     """``F.interpolate(x, size, mode="trilinear")`` as three 1-D linear interpolations, in ``x``'s dtype.
 
     Each spatial axis is resized in turn on the tensor's physical (dense) order, so a ``channels_last_3d``
@@ -82,12 +80,17 @@ def separable_resize(x: torch.Tensor, size: Sequence[int], align_corners: bool =
     return dense.permute(0, 4, 1, 2, 3) if channels_last else dense
 
 
-def resize_trilinear(x: torch.Tensor, size: Sequence[int], align_corners: bool = False) -> torch.Tensor:
+def resize_trilinear(x: torch.Tensor, size: list[int], align_corners: bool = False) -> torch.Tensor:
     """Trilinear resize of feature maps (B, C, H, W, D) to ``size`` (h, w, d).
 
     CUDA: :func:`separable_resize` (input dtype and memory format kept) unless :data:`SEPARABLE_ON_CUDA` is
-    false; elsewhere ``F.interpolate``. Both give the same values up to the rounding of the dtype.
+    false; elsewhere ``F.interpolate``. Both give the same values up to the rounding of the dtype. Exports
+    (TorchScript, ONNX) take ``F.interpolate`` with ``size`` as given, so a traced size stays a function of the input.
     """
+    if torch.jit.is_scripting():  # the switch is a Python global, which TorchScript cannot read
+        return F.interpolate(x, size=size, mode="trilinear", align_corners=align_corners)
+    if torch.jit.is_tracing() or torch.compiler.is_exporting():  # int() would freeze the example input's sizes
+        return F.interpolate(x, size=list(size), mode="trilinear", align_corners=align_corners)
     size = [int(n) for n in size]
     if x.is_cuda and SEPARABLE_ON_CUDA:
         return separable_resize(x, size, align_corners)

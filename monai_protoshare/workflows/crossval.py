@@ -3,8 +3,10 @@
 ``python -m monai_protoshare.workflows.crossval --dataset_dir D --models um_protoshare um_protoshare:C cnn cnn:occlusion``
 
 A model spec is ``<bundle>`` or ``<bundle>:<variant>``, the variant an ablation of ``um_protoshare``
-(``A1 A2 B C D E1 E2 E3``; E2 is the bundle's default) or ``occlusion`` for the ``cnn`` (re-uses the CNN's
-checkpoints, evaluates with occlusion instead of Grad-CAM). Every fold gets a fresh model and its own
+(``A1 A2 B C D E1 E2 E3``; E2 is the bundle's default), ``fine`` for ``um_protoshare``, ``mprotonet`` and
+``fpn_iaia_bl`` (the fine-annotation loss, ``configs/ablations/fine.yaml``: uses tumour masks in training), or
+``occlusion`` / ``gradcampp`` for the ``cnn`` (re-uses the CNN's checkpoints, evaluates with occlusion or Grad-CAM++
+instead of Grad-CAM). Every fold gets a fresh model and its own
 folder ``<output_dir>/<run>/fold<k>/``. Finished work is skipped: a fold whose ``checkpoints/model.pt``
 exists is not retrained, one with ``metrics.json`` is not re-evaluated, and an interrupted training
 resumes from its last epoch. To spread folds over GPUs or nodes, start one runner per fold
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .demo import DEFAULT_BUNDLES_DIR, bundle_workflow
+from .options import BundleOptionError, exit_on_option_error
 from .run_info import save_run_info
 from .table1 import write_table
 
@@ -29,17 +32,22 @@ __all__ = ["ModelSpec", "main", "parse_model_spec", "run_crossval"]
 logger = logging.getLogger(__name__)
 
 UM_ABLATIONS = ("A1", "A2", "B", "C", "D", "E1", "E2", "E3")
+#: bundles with ``configs/ablations/fine.yaml`` (the fine-annotation loss of FPN-IAIA-BL, eq. 5)
+FINE_BUNDLES = ("um_protoshare", "mprotonet", "fpn_iaia_bl")
+#: the CNN's other attribution methods: an evaluation-only config over the CNN's checkpoints
+CNN_ATTRIBUTION_VARIANTS = ("occlusion", "gradcampp")
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A bundle, its extra config files, the run folder name, and whether it trains."""
+    """A bundle, its extra config files, the run folder name, whether it trains, and its evaluation-only configs."""
 
     bundle: str
     extra_configs: tuple[str, ...]
     run: str
     trains: bool = True
     run_of_checkpoints: str | None = None
+    eval_configs: tuple[str, ...] = ()
 
 
 def parse_model_spec(spec: str) -> ModelSpec:
@@ -49,10 +57,13 @@ def parse_model_spec(spec: str) -> ModelSpec:
         return ModelSpec(bundle, (), bundle)
     if bundle == "um_protoshare" and variant.upper() in UM_ABLATIONS:
         return ModelSpec(bundle, (f"ablations/{variant.upper()}.yaml",), f"um_protoshare_{variant.upper()}")
-    if bundle == "cnn" and variant == "occlusion":
-        return ModelSpec("cnn", (), "cnn_occlusion", trains=False, run_of_checkpoints="cnn")
+    if bundle in FINE_BUNDLES and variant == "fine":
+        return ModelSpec(bundle, ("ablations/fine.yaml",), f"{bundle}_fine")
+    if bundle == "cnn" and variant in CNN_ATTRIBUTION_VARIANTS:
+        return ModelSpec("cnn", (), f"cnn_{variant}", False, "cnn", (f"{variant}.yaml",))
     raise ValueError(
-        f"unknown model spec {spec!r}: use <bundle>, um_protoshare:<{'|'.join(UM_ABLATIONS)}> or cnn:occlusion."
+        f"unknown model spec {spec!r}: use <bundle>, um_protoshare:<{'|'.join(UM_ABLATIONS)}>, "
+        f"<{'|'.join(FINE_BUNDLES)}>:fine or cnn:<{'|'.join(CNN_ATTRIBUTION_VARIANTS)}>."
     )
 
 
@@ -92,7 +103,7 @@ def _run_fold(spec: ModelSpec, bundle_root: Path, dataset_dir: str, fold: int, p
         logger.info("%s fold %d already evaluated", spec.run, fold)
         return
     logger.info("evaluating %s fold %d", spec.run, fold)
-    eval_configs = configs + ["evaluate.yaml"] + (["occlusion.yaml"] if spec.run == "cnn_occlusion" else [])
+    eval_configs = configs + ["evaluate.yaml", *spec.eval_configs]
     eval_overrides = dict(overrides)
     if spec.run_of_checkpoints:
         eval_overrides["fold_dir"] = str(out / spec.run / f"fold{fold}")
@@ -118,7 +129,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--output_dir", default="outputs/cv")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    table = run_crossval(args.dataset_dir, args.models, args.folds, args.preset, args.output_dir)
+    try:
+        table = run_crossval(args.dataset_dir, args.models, args.folds, args.preset, args.output_dir)
+    except BundleOptionError as err:
+        exit_on_option_error(err)
     print(table.read_text())
 
 

@@ -10,11 +10,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from ..data.synthetic import GENERATOR_VERSION, generate_cohort
+from .deterministic import reexec_deterministic
+from .options import BundleOptionError, exit_on_option_error
 from .run_info import save_run_info
 
 __all__ = ["DEFAULT_BUNDLES_DIR", "bundle_workflow", "main", "run_demo"]
@@ -24,17 +27,24 @@ logger = logging.getLogger(__name__)
 DEFAULT_BUNDLES_DIR = Path(__file__).resolve().parents[2] / "bundles"
 #: cohort of the demo: enough cases, and enough LGG, that one held-out case does not decide BAC
 DEMO_CASES, DEMO_LGG_FRACTION = 100, 0.4
+#: generator version of the demo's cohort (3: SRI24 anatomy, no shortcut; a kept cohort of another version is
+#: regenerated)
+DEMO_VERSION = GENERATOR_VERSION
 
 
 def bundle_workflow(bundle_dir: str | Path, configs: Sequence[str], workflow_type: str = "train", **overrides):
     """An initialised ``monai.bundle.ConfigWorkflow`` of the bundle folder ``bundle_dir`` with config files
-    ``configs`` and id overrides (a ``bundle_root`` override relocates the outputs, not the configs)."""
-    from monai.bundle import ConfigWorkflow
+    ``configs`` and id overrides (a ``bundle_root`` override relocates the outputs, not the configs).
+
+    Raises:
+        BundleOptionError: a bad option, now or from the workflow's ``run``/``finalize``.
+    """
+    from .options import OptionCheckedWorkflow, raise_option_error
 
     bundle_dir = Path(bundle_dir)
     files = [str(bundle_dir / "configs" / c) for c in configs]
     overrides.setdefault("bundle_root", str(bundle_dir))
-    workflow = ConfigWorkflow(
+    workflow = OptionCheckedWorkflow(
         config_file=files,
         meta_file=str(bundle_dir / "configs" / "metadata.json"),
         logging_file=str(bundle_dir / "configs" / "logging.conf"),
@@ -43,7 +53,8 @@ def bundle_workflow(bundle_dir: str | Path, configs: Sequence[str], workflow_typ
     )
     workflow.initialize()
     parser = workflow.parser
-    out = parser.get_parsed_content("fold_dir") if "fold_dir" in parser else parser.get_parsed_content("output_dir")
+    with raise_option_error():
+        out = parser.get_parsed_content("fold_dir" if "fold_dir" in parser else "output_dir")
     save_run_info(out, config=parser.config, bundle=str(bundle_dir), configs=list(configs))
     return workflow
 
@@ -52,14 +63,14 @@ def _demo_cohort(path: Path, cases: int, seed: int) -> Path:
     """The synthetic cohort at ``path``, generated when absent or written differently (kept for later runs)."""
     info_file = path / "synthetic_cohort.json"
     info = json.loads(info_file.read_text()) if info_file.is_file() else {}
-    wanted = {"version": GENERATOR_VERSION, "n_cases": cases, "seed": seed, "lgg_fraction": DEMO_LGG_FRACTION}
+    wanted = {"version": DEMO_VERSION, "n_cases": cases, "seed": seed, "lgg_fraction": DEMO_LGG_FRACTION}
     if info and all(info.get(key) == value for key, value in wanted.items()):
         logger.info("using the synthetic cohort in %s", path)
         return path
     if info:
         logger.info("regenerating the synthetic cohort in %s: it was written with other settings", path)
     logger.info("generating a synthetic cohort of %d cases in %s", cases, path)
-    return generate_cohort(path, n_cases=cases, seed=seed, lgg_fraction=DEMO_LGG_FRACTION)
+    return generate_cohort(path, n_cases=cases, seed=seed, lgg_fraction=DEMO_LGG_FRACTION, version=DEMO_VERSION)
 
 
 def run_demo(
@@ -78,7 +89,7 @@ def run_demo(
     out = Path(output_dir).resolve()
     bundle_root = Path(bundles_dir) / bundle
     if not (bundle_root / "configs" / "train.yaml").is_file():
-        raise SystemExit(f"error: bundle '{bundle_root}' not found; run from a clone of the repository.")
+        raise BundleOptionError("--bundle", f"'{bundle_root}' not found; run from a clone of the repository.")
     data = Path(dataset_dir) if dataset_dir else _demo_cohort(out.parent / "demo_cohort", cases, seed)
     overrides = {"dataset_dir": str(data), "output_dir": str(out), "fold": fold}
     configs = ["train.yaml", f"presets/{preset}.yaml"]
@@ -159,8 +170,20 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--cases", type=int, default=DEMO_CASES, help="synthetic cohort size")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--bundle", default="um_protoshare")
+    parser.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="the same bits on any AVX2 machine: pinned CPU kernels, one thread (workflows/deterministic.py)",
+    )
     args = parser.parse_args(argv)
-    summary = run_demo(args.dataset_dir, args.output_dir, args.preset, args.fold, args.cases, args.seed, args.bundle)
+    if args.deterministic:
+        reexec_deterministic("monai_protoshare.workflows.demo", sys.argv[1:] if argv is None else list(argv))
+    try:
+        summary = run_demo(
+            args.dataset_dir, args.output_dir, args.preset, args.fold, args.cases, args.seed, args.bundle
+        )
+    except BundleOptionError as err:
+        exit_on_option_error(err)
     _print_table(summary)
     return summary
 

@@ -12,8 +12,9 @@ class weights, push provenance and sharedness) and ``prototype_gallery.png`` (ev
 Sharedness (App. G) is computed over a labelled reference set: the training cases of the fold with
 ``--fold``, otherwise the exported cases.
 
-CLI (hyper-parameters come from the bundle's ``configs/train.yaml``, layered with ``configs/presets/<preset>.yaml``;
-explicit options win)::
+CLI (the network is the bundle's ``network_def``, and the DICOM SEG writer its ``dicom_seg``, read with
+``monai.bundle.ConfigParser`` from ``configs/train.yaml`` layered with ``configs/presets/<preset>.yaml``; explicit
+options win)::
 
     # a trained fold of a bundle: <bundle_root>/outputs/fold0/checkpoints/model.pt -> .../fold0/evidence
     python -m monai_protoshare.workflows.export_evidence --bundle_root bundles/um_protoshare --preset cpu_small \\
@@ -39,14 +40,14 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import torch
-import yaml
+from monai.bundle import ConfigParser
 from monai.transforms import Compose
 from tqdm import tqdm
 
+from ..data.cases import CLASS_NAMES, SEQUENCES
 from ..data.transforms import inference_transforms, transform_error
-from ..explain.dicom_seg import data_prep_seg_writer
+from ..explain.dicom_seg import SegWriterFactory
 from ..explain.evidence import (
-    CLASS_NAMES,
     collect_prototype_sources,
     dataset_sharedness,
     explain_cases,
@@ -55,12 +56,12 @@ from ..explain.evidence import (
 from ..explain.evidence_writer import is_exported, write_case_evidence
 from ..explain.figures import prototype_gallery, save_figure
 from ..io import write_json
-from ..networks import PrototypeNetwork, build_network
-from .options import fold_split, load_datalist, load_network_weights
+from ..networks import PrototypeNetwork
+from .options import BundleOptionError, fold_split, load_datalist, load_network_weights, report_option_error
 
 __all__ = [
     "ExportSummary",
-    "bundle_settings",
+    "bundle_parser",
     "cases_one_per_class_first",
     "export_evidence",
     "export_for_workflow",
@@ -72,10 +73,7 @@ logger = logging.getLogger(__name__)
 SUMMARY_NAME = "export_summary.json"
 CATALOGUE_NAME = "prototypes.json"
 GALLERY_NAME = "prototype_gallery.png"
-_T1CE = 1
-# Hyper-parameters read from the bundle configs (plain values there, no expressions).
-_BUNDLE_KEYS = ("model_name", "spatial_size", "pixdim", "encoder_layers", "encoder_widths", "embedding_dim",
-                "dataset_dir", "n_folds", "seed")  # fmt: skip
+_T1CE = SEQUENCES.index("t1ce")
 
 
 @dataclass
@@ -133,6 +131,7 @@ def export_evidence(
     class_names: Sequence[str] = CLASS_NAMES,
     extra: Mapping[str, Any] | None = None,
     progress: bool = True,
+    dicom_seg: SegWriterFactory | None = None,
 ) -> ExportSummary:
     """Export the evidence of every case of ``datalist`` (module docstring).
 
@@ -150,24 +149,15 @@ def export_evidence(
         class_names: class names in label order.
         extra: entries added to every report (model, checkpoint ...).
         progress: show a tqdm bar.
+        dicom_seg: called with each case's T1-CE file, returns the writer of its DICOM SEG or ``None``
+            (``data_prep.evidence_seg.case_seg_writer``); ``None``: no SEG.
 
     Returns:
         The :class:`ExportSummary` (also written to ``<output_dir>/export_summary.json``).
     """
     output_dir = Path(output_dir)
     summary = ExportSummary(str(output_dir))
-    todo = []
-    for item in datalist:
-        subject = str(item["subject_id"])
-        try:
-            done = not overwrite and is_exported(output_dir, subject)
-        except ValueError as err:  # an id that cannot name a case folder ("../x", "a b"): reported, never exported
-            summary.failed[subject] = f"{type(err).__name__}: {err}"
-            continue
-        if done:
-            summary.skipped.append(subject)
-        else:
-            todo.append(item)
+    todo = _cases_to_do(datalist, output_dir, overwrite, summary)
     if todo:
         sharedness = dataset_sharedness(network, reference, transform) if reference else None
         catalogue = prototype_catalogue(network, sharedness, class_names)
@@ -181,26 +171,15 @@ def export_evidence(
             start = time.perf_counter()
             try:
                 data = transform(dict(item))
-                label = item.get("label")
                 [evidence] = explain_cases(
-                    network, data["image"].as_tensor()[None], [subject], None, top_k, sharedness, [label]
+                    network, data["image"].as_tensor()[None], [subject], None, top_k, sharedness, [item.get("label")]
                 )
                 t1ce = item["image"][_T1CE]
-                mask = _tumour_mask(item)
                 report = write_case_evidence(
-                    evidence,
-                    catalogue,
-                    data["image"],
-                    transform,
-                    output_dir,
-                    t1ce,
-                    sources=sources,
-                    figure=figures,
-                    tumour_mask=mask,
-                    dicom_seg=data_prep_seg_writer(t1ce),
-                    overwrite=overwrite,
-                    extra=extra,
-                )
+                    evidence, catalogue, data["image"], transform, output_dir, t1ce, sources=sources, figure=figures,
+                    tumour_mask=_tumour_mask(item), dicom_seg=dicom_seg(t1ce) if dicom_seg is not None else None,
+                    overwrite=overwrite, extra=extra,
+                )  # fmt: skip
             except Exception as err:  # reported in the summary; never stops the batch
                 err = transform_error(err)
                 logger.error("evidence export of %s failed: %s: %s", subject, type(err).__name__, err)
@@ -212,6 +191,26 @@ def export_evidence(
                 summary.evidence_mass_in_tumour[subject] = report["evidence_mass_in_tumour"]
     write_json(output_dir / SUMMARY_NAME, asdict(summary))
     return summary
+
+
+def _cases_to_do(
+    datalist: Sequence[Mapping[str, Any]], output_dir: Path, overwrite: bool, summary: ExportSummary
+) -> list[Mapping[str, Any]]:
+    """The items still to export; finished ones go to ``summary.skipped``, ids that cannot name a folder to
+    ``summary.failed``."""
+    todo = []
+    for item in datalist:
+        subject = str(item["subject_id"])
+        try:
+            done = not overwrite and is_exported(output_dir, subject)
+        except ValueError as err:  # an id that cannot name a case folder ("../x", "a b"): reported, never exported
+            summary.failed[subject] = f"{type(err).__name__}: {err}"
+            continue
+        if done:
+            summary.skipped.append(subject)
+        else:
+            todo.append(item)
+    return todo
 
 
 def cases_one_per_class_first(datalist: Sequence[Mapping[str, Any]], count: int) -> list[Mapping[str, Any]]:
@@ -231,7 +230,7 @@ def export_for_workflow(
     one per grade first; sharedness over the fold's training cases, which are also the prototype sources.
 
     Reads the workflow's ``network`` (weights loaded by its ``initialize``), ``split``, ``spatial_size``,
-    ``pixdim`` and ``model_name``.
+    ``pixdim``, ``model_name`` and ``dicom_seg``.
 
     Returns:
         The case folders that hold evidence (written now or already there).
@@ -249,6 +248,7 @@ def export_for_workflow(
         sources_datalist=[*train, *held_out],
         figures=figures,
         extra={"model_name": get("model_name")},
+        dicom_seg=get("dicom_seg"),
     )
     if summary.failed:
         logger.warning("evidence export failed for %s", summary.failed)
@@ -256,18 +256,23 @@ def export_for_workflow(
 
 
 # ------------------------------------------------------------------ command line
-def bundle_settings(bundle_root: Path, preset: str | None) -> dict[str, Any]:
-    """Plain hyper-parameters of ``configs/train.yaml`` layered with ``configs/presets/<preset>.yaml``."""
-    files = [bundle_root / "configs" / "train.yaml"]
-    if preset:
-        files.append(bundle_root / "configs" / "presets" / f"{preset}.yaml")
-    settings: dict[str, Any] = {}
+def bundle_parser(bundle_root: str | os.PathLike, preset: str | None = None, **overrides: Any) -> ConfigParser:
+    """The bundle's ``configs/train.yaml`` layered with ``configs/presets/<preset>.yaml`` and ``overrides`` (id ->
+    value; ``None`` values are skipped), as ``python -m monai.bundle run`` reads them.
+
+    Raises:
+        BundleOptionError: a config file is missing (``--bundle_root``/``--preset``).
+    """
+    configs = Path(bundle_root) / "configs"
+    files = [configs / "train.yaml", *([configs / "presets" / f"{preset}.yaml"] if preset else [])]
     for path in files:
         if not path.is_file():
-            raise FileNotFoundError(f"bundle config {path} not found (check --bundle_root and --preset).")
-        config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        settings.update({k: config[k] for k in _BUNDLE_KEYS if k in config})
-    return settings
+            raise BundleOptionError("--bundle_root/--preset", f"bundle config {path} not found.")
+    parser = ConfigParser()
+    parser.read_config([str(path) for path in files])
+    parser.update({"bundle_root": str(bundle_root), **{k: v for k, v in overrides.items() if v is not None}})
+    parser["network_def#pretrained"] = None  # a checkpoint replaces every weight: no ImageNet file needed
+    return parser
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -294,52 +299,47 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line entry point; returns 0, or 1 when some case failed."""
+    """Command line entry point; returns 0, 1 when some case failed, 2 for a bad option (named on stderr)."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    bundle_root = Path(args.bundle_root)
     try:
-        settings = bundle_settings(bundle_root, args.preset)
-    except FileNotFoundError as err:
-        print(f"error: --bundle_root/--preset: {err}", file=sys.stderr)
-        return 2
+        summary = _export_from_command_line(args)
+    except BundleOptionError as err:
+        return report_option_error(err)
+    print(summary.table())
+    return 1 if summary.failed else 0
+
+
+def _export_from_command_line(args: argparse.Namespace) -> ExportSummary:
+    """The export the options ask for: the bundle's ``network_def`` (train.yaml + preset), its weights, its cases."""
+    bundle_root = Path(args.bundle_root)
+    config = bundle_parser(bundle_root, args.preset, model_name=args.model_name, dataset_dir=args.dataset_dir)
+    get = config.get_parsed_content
     fold_dir = bundle_root / "outputs" / f"fold{args.fold if args.fold is not None else 0}"
     checkpoint = Path(args.checkpoint) if args.checkpoint else fold_dir / "checkpoints" / "model.pt"
-    output_dir = Path(args.output_dir) if args.output_dir else fold_dir / "evidence"
-    model_name = args.model_name or settings.get("model_name", "um_protoshare")
-    network = build_network(
-        model_name,
-        encoder_layers=settings.get("encoder_layers", (3, 8)),
-        encoder_widths=settings.get("encoder_widths", (64, 128)),
-        embedding_dim=settings.get("embedding_dim", 128),
-    )
-    load_network_weights(network, checkpoint, "--checkpoint")
-    network.to(args.device)
-    datalist = load_datalist(args.dataset_dir or settings.get("dataset_dir"))
+    network = load_network_weights(get("network_def"), checkpoint, "--checkpoint").to(args.device)
+    datalist = load_datalist(get("dataset_dir"))
     cases, reference = datalist, datalist
     if args.fold is not None:
-        reference, cases = fold_split(datalist, args.fold, settings.get("n_folds", 5), settings.get("seed", 0))
+        reference, cases = fold_split(datalist, args.fold, get("n_folds"), get("seed"))
     if args.subjects:
         unknown = sorted(set(args.subjects) - {item["subject_id"] for item in datalist})
         if unknown:
-            print(f"error: --subjects: not in the dataset: {unknown}", file=sys.stderr)
-            return 2
+            raise BundleOptionError("--subjects", f"not in the dataset: {unknown}")
         cases = [item for item in datalist if item["subject_id"] in set(args.subjects)]
-    transform = inference_transforms(settings.get("spatial_size", (128, 128, 96)), settings.get("pixdim", 1.5))
-    summary = export_evidence(
+    return export_evidence(
         network,
         cases,
-        transform,
-        output_dir,
+        inference_transforms(get("spatial_size"), get("pixdim")),
+        args.output_dir or fold_dir / "evidence",
         top_k=args.top_k,
         reference=None if args.no_sharedness else reference,
         sources_datalist=datalist,
         figures=not args.no_figures,
         overwrite=args.overwrite,
-        extra={"model_name": model_name, "checkpoint": str(checkpoint)},
+        dicom_seg=get("dicom_seg") if "dicom_seg" in config else None,
+        extra={"model_name": get("model_name"), "checkpoint": str(checkpoint)},
     )
-    print(summary.table())
-    return 1 if summary.failed else 0
 
 
 if __name__ == "__main__":

@@ -1,56 +1,159 @@
 """Bundle-facing helpers that turn bad options into one-line errors naming the option.
 
-The MONAI bundle CLI prints a long traceback for any exception raised while a config is evaluated. The
-functions here raise :class:`BundleOptionError`, a :class:`SystemExit`: MONAI's config machinery only
-catches :class:`Exception`, so the error reaches the command line as one message and exit status 2, and
-in-process callers (``ConfigWorkflow``, tests) can still catch it.
+The functions here raise :class:`BundleOptionError`, a :class:`ValueError`: a notebook, a test or a MONAI Label
+server catches it like any other. Only the command line turns it into an exit: :func:`exit_on_option_error` for
+this project's entry points, and :func:`command_line_edge` for the functions bundle configs call, which end a
+``python -m monai.bundle run`` process with status 2 and the one line on stderr (MONAI's config machinery would
+otherwise wrap the error in its own ``RuntimeError`` and print the whole chain). :func:`option_error` finds the
+error inside MONAI's wrappers for in-process callers.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, TypeVar
 
 import torch
+from monai.bundle import ConfigWorkflow
 from torch import nn
 
 from ..data.brats import NAME_MAPPING, BratsDatasetError, load_brats_datalist, validate_datalist
+from ..data.cases import SEQUENCES, sequence_files
 from ..data.splits import fold_datalists
 
 __all__ = [
+    "EXIT_STATUS",
     "BundleOptionError",
+    "OptionCheckedWorkflow",
     "bad_cases",
+    "command_line_edge",
+    "exit_on_option_error",
     "fold_split",
     "inference_datalist",
     "load_datalist",
     "load_network_weights",
+    "option_error",
+    "raise_option_error",
+    "report_option_error",
     "without_bad_cases",
 ]
 
 logger = logging.getLogger(__name__)
 
+#: Exit status of a command line given a bad option (argparse's, for usage errors).
+EXIT_STATUS = 2
+_F = TypeVar("_F", bound=Callable[..., Any])
 
-class BundleOptionError(SystemExit):
-    """A bad bundle option: ``str(err)`` is the one-line message, ``err.option`` the option's name.
 
-    The message is written to stderr when the error is created: Python prints nothing for a ``SystemExit`` whose
-    code is an integer, so without it ``python -m monai.bundle run`` would end with status 2 and no word why.
+class BundleOptionError(ValueError):
+    """A bad bundle or command-line option: ``str(err)`` is the one-line message, ``err.option`` the option's name.
+
+    Example:
+        >>> try:
+        ...     fold_split([], 7)
+        ... except BundleOptionError as err:
+        ...     print(err.option, "|", err)
+        --fold | --fold: must be an integer in 0..4; got 7.
     """
+
+    #: the exit status a command line ends with for this error
+    code = EXIT_STATUS
 
     def __init__(self, option: str, message: str) -> None:
         self.option = option
-        self.message = f"error: {option}: {message}"
-        super().__init__(self.message)
-        self.code = 2
-        sys.stderr.write(self.message + "\n")
-
-    def __str__(self) -> str:
-        return self.message
+        super().__init__(f"{option}: {message}")
 
 
+def option_error(error: BaseException) -> BundleOptionError | None:
+    """The :class:`BundleOptionError` of ``error`` or of the exceptions it was raised from (MONAI wraps an error
+    raised while a config is evaluated in ``RuntimeError`` wrappers of its own), or ``None``."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, BundleOptionError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+@contextlib.contextmanager
+def raise_option_error() -> Iterator[None]:
+    """Re-raise a :class:`BundleOptionError` hidden in MONAI's wrappers as itself (in-process bundle runs)."""
+    try:
+        yield
+    except Exception as err:
+        found = option_error(err)
+        if found is None or found is err:
+            raise
+        raise found from None
+
+
+def report_option_error(error: BundleOptionError) -> int:
+    """The command line's edge, for a ``main`` that returns its status: write ``error: <message>`` to stderr and
+    return :data:`EXIT_STATUS`."""
+    sys.stderr.write(f"error: {error}\n")
+    return error.code
+
+
+def exit_on_option_error(error: BundleOptionError) -> NoReturn:
+    """The command line's edge: :func:`report_option_error`, then exit with its status (Python prints nothing
+    more for a ``SystemExit`` with an integer code)."""
+    raise SystemExit(report_option_error(error)) from error
+
+
+def _monai_bundle_command_line() -> bool:
+    """Whether this process is ``python -m monai.bundle ...``."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return spec is not None and spec.name in ("monai.bundle", "monai.bundle.__main__")
+
+
+def command_line_edge(function: _F) -> _F:
+    """Decorate a function that bundle configs call: under ``python -m monai.bundle`` its
+    :class:`BundleOptionError` ends the process (:func:`exit_on_option_error`); anywhere else (``ConfigWorkflow``
+    in a server, a notebook, a test) the error propagates as the ``ValueError`` it is."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except BundleOptionError as err:
+            if _monai_bundle_command_line():
+                exit_on_option_error(err)
+            raise
+
+    return wrapper  # type: ignore[return-value]
+
+
+class OptionCheckedWorkflow(ConfigWorkflow):
+    """A ``monai.bundle.ConfigWorkflow`` whose steps raise a bad option's :class:`BundleOptionError` itself rather
+    than the ``RuntimeError`` MONAI's config machinery wraps it in (in-process runs: demo, cross-validation, tests).
+    """
+
+    def initialize(self) -> Any:
+        with raise_option_error():
+            return super().initialize()
+
+    def run(self) -> Any:
+        with raise_option_error():
+            return super().run()
+
+    def finalize(self) -> Any:
+        with raise_option_error():
+            return super().finalize()
+
+    def check_properties(self) -> list[str] | None:
+        with raise_option_error():  # evaluates the required properties (the datasets among them)
+            return super().check_properties()
+
+
+@command_line_edge
 def load_datalist(
     dataset_dir: str | os.PathLike, skip_bad: bool = False, mark_bad: bool = False
 ) -> list[dict[str, Any]]:
@@ -93,6 +196,7 @@ def bad_cases(datalist: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
+@command_line_edge
 def fold_split(
     datalist: list[dict[str, Any]], fold: int, n_folds: int = 5, seed: int = 0
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -106,6 +210,7 @@ def fold_split(
     return fold_datalists(datalist, fold, n_splits=n_folds, seed=seed)
 
 
+@command_line_edge
 def load_network_weights(network: nn.Module, path: str | os.PathLike, option: str = "--ckpt_path") -> nn.Module:
     """Load a state dict (``model.pt``, or the ``network`` entry of a training checkpoint) into ``network``.
 
@@ -146,9 +251,7 @@ def load_network_weights(network: nn.Module, path: str | os.PathLike, option: st
     return network
 
 
-SEQUENCE_SUFFIXES = ("t1", "t1ce", "t2", "flair")
-
-
+@command_line_edge
 def inference_datalist(source: str | os.PathLike) -> list[dict[str, Any]]:
     """Cases to predict: a MONAI datalist JSON (key ``testing``, else ``validation``, else ``training``), a
     BraTS-layout folder with ``name_mapping.csv`` (grades and segmentations optional, e.g. the output of
@@ -198,15 +301,11 @@ def inference_datalist(source: str | os.PathLike) -> list[dict[str, Any]]:
         return [{k: v for k, v in item.items() if v is not None} for item in items]
     cases = []
     for folder in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = {}
-        for suffix in SEQUENCE_SUFFIXES:
-            found = [f for ext in (".nii.gz", ".nii") for f in folder.glob(f"*_{suffix}{ext}")]
-            if found:
-                files[suffix] = str(found[0])
-        if len(files) == len(SEQUENCE_SUFFIXES):
-            cases.append({"image": [files[s] for s in SEQUENCE_SUFFIXES], "subject_id": folder.name})
+        files = {sequence: str(paths[0]) for sequence, paths in sequence_files(folder).items() if paths}
+        if len(files) == len(SEQUENCES):
+            cases.append({"image": [files[s] for s in SEQUENCES], "subject_id": folder.name})
         elif files:
-            missing = sorted(set(SEQUENCE_SUFFIXES) - set(files))
+            missing = sorted(set(SEQUENCES) - set(files))
             logger.warning("skipping %s: no %s sequence file", folder, ", ".join(missing))
     if not cases:
         raise BundleOptionError(

@@ -1,7 +1,10 @@
 """The Table-1 report: mean ± std over folds of BAC, IDS and AP, one row per model/ablation, paper order.
 
 ``python -m monai_protoshare.workflows.table1 --root outputs/cv`` collects ``<root>/<run>/fold<k>/metrics.json``
-(the layout :mod:`~monai_protoshare.workflows.crossval` writes) into ``table1.md`` and ``table1.csv``.
+(the layout :mod:`~monai_protoshare.workflows.crossval` writes) into ``table1.md`` and ``table1.csv``. The last
+column names the map the AP (and IDS) of each row was computed on: the class-map convention of a prototype model
+(``class_map`` in ``metrics.json``; eq. 28's reading, DESIGN §8, with ``ap_by_class_map`` holding the others) or the
+CNN's attribution method.
 """
 
 from __future__ import annotations
@@ -34,10 +37,12 @@ class Row:
 ROWS = (
     Row("cnn", "CNN: Grad-CAM", "–", "–"),
     Row("cnn_occlusion", "CNN: Occlusion", "–", "–"),
+    Row("cnn_gradcampp", "CNN: Grad-CAM++", "–", "–"),  # beyond the paper (FPN-IAIA-BL's comparison)
     Row("protopnet", "ProtoPNet", "–", "–"),
     Row("xprotonet", "XProtoNet", "–", "–"),
     Row("mprotonet", "MProtoNet", "–", "–"),
     Row("maprotonet", "MAProtoNet", "–", "–"),
+    Row("fpn_iaia_bl", "FPN-IAIA-BL", "–", "–"),  # beyond the paper (seed 003)
     Row("um_protoshare_A1", "UM-ProtoShare", "A1", "single-scale; class-specific"),
     Row("um_protoshare_A2", "UM-ProtoShare", "A2", "single-scale; class-agnostic"),
     Row("um_protoshare_B", "UM-ProtoShare", "B", "multi-scale; class-agnostic"),
@@ -46,6 +51,10 @@ ROWS = (
     Row("um_protoshare_E1", "UM-ProtoShare", "E1", "fine-heavy"),
     Row("um_protoshare", "UM-ProtoShare", "E2", "mid-heavy"),
     Row("um_protoshare_E3", "UM-ProtoShare", "E3", "coarse-heavy"),
+    # beyond the paper: the fine-annotation loss (FPN-IAIA-BL eq. 5)
+    Row("mprotonet_fine", "MProtoNet", "fine", "fine-annotation loss; uses masks in training"),
+    Row("fpn_iaia_bl_fine", "FPN-IAIA-BL", "fine", "fine-annotation loss; uses masks in training"),
+    Row("um_protoshare_fine", "UM-ProtoShare", "E2 + fine", "mid-heavy; fine-annotation loss; uses masks in training"),
 )
 
 #: the paper's Table 1 (BAC, IDS, AP in percent as mean, std) for comparison
@@ -90,6 +99,15 @@ def _fmt(stat: tuple[float, float] | None) -> str:
     return "" if stat is None else f"{stat[0]:.2f} ± {stat[1]:.2f}"
 
 
+def _attribution_map(folds: list[dict]) -> str:
+    """The convention(s) of a row's AP column: the folds' ``class_map`` (with ProtoPNet's map), else ``attribution``."""
+    names = set()
+    for f in folds:
+        name = f.get("class_map") or f.get("attribution") or "unrecorded"
+        names.add(f"{name} ({f['protopnet_map']})" if f.get("protopnet_map") else name)
+    return ", ".join(sorted(names))
+
+
 def _table_rows(results: dict[str, list[dict]]) -> list[list[str]]:
     rows = []
     for row in ROWS:
@@ -100,12 +118,13 @@ def _table_rows(results: dict[str, list[dict]]) -> list[list[str]]:
         rows.append(
             [row.model, row.ablation, row.design, *(_fmt(s) for s in ours), str(len(results[row.run]))]
             + ([_fmt(s) for s in paper] if paper else ["", "", ""])
+            + [_attribution_map(results[row.run])]
         )
     return rows
 
 
 HEADER = ["Model", "Ablation", "Design configuration", "BAC (%, ↑)", "IDS (%, ↓)", "AP (%, ↑)", "folds",
-          "paper BAC", "paper IDS", "paper AP"]  # fmt: skip
+          "paper BAC", "paper IDS", "paper AP", "AP map"]  # fmt: skip
 
 
 def render_markdown(results: dict[str, list[dict]], title: str = "Table 1 (mean ± std over folds)") -> str:

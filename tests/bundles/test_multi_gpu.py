@@ -1,4 +1,4 @@
-"""multi_gpu_train.yaml with two gloo processes on CPU: both ranks finish with identical prototypes."""
+"""multi_gpu_train.yaml with two gloo processes on CPU: both ranks finish with identical prototypes and exit 0."""
 
 import json
 import os
@@ -21,10 +21,10 @@ def test_two_process_gloo_training(bundle_cohort, tmp_path):
     args = []
     for key, value in overrides.items():
         args += [f"--{key}", json.dumps(value) if isinstance(value, list) else str(value)]
-    # each rank saves its final prototypes for the comparison
+    # each rank saves its final prototypes for the comparison; the bundle's own `finalize` ends the run
     args += [
-        "--finalize",
-        "$[torch.save(@network.prototypes.state_dict(), os.path.join(@fold_dir, f'rank{dist.get_rank()}.pt')), dist.is_initialized() and dist.destroy_process_group()]",
+        "--run#0",
+        "$[@train#trainer.run(), torch.save(@network.prototypes.state_dict(), os.path.join(@fold_dir, f'rank{dist.get_rank()}.pt'))]",
     ]
     configs = str([str(root / "configs" / "train.yaml"), str(root / "configs" / "multi_gpu_train.yaml")])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

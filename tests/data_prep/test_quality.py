@@ -1,16 +1,24 @@
-"""Post-registration quality checks on hand-built masks."""
+"""Post-registration quality checks on hand-built masks, and the sequence-agreement check on a simulated case."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
+from data_prep.atlas import load_atlas, sri24_grid
+from data_prep.clinical_simulation import simulate_clinical_case
+from data_prep.geometry import resample
+from data_prep.known_motion import rigid_matrix
 from data_prep.quality import (
+    MIN_SEQUENCE_DICE,
     RegistrationQualityError,
     check_atlas_alignment,
+    check_sequence_agreement,
     check_sequence_alignment,
     dice,
     foreground,
+    normalised_mutual_information,
 )
 
 
@@ -54,3 +62,47 @@ def test_sequence_check_names_each_misaligned_sequence_and_ignores_outside_the_f
         check_sequence_alignment(volumes, {"t1ce": fov, "t1": fov, "t2": fov, "flair": slab}, "S2")
     assert "flair" not in str(error.value) and "t1 ->" not in str(error.value)
     assert error.value.scores["flair_dice"] == 1.0 and error.value.scores["t1_dice"] == 1.0
+
+
+def test_nmi_is_one_for_independent_and_two_for_identical_samples():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=50_000), rng.normal(size=50_000)
+    assert normalised_mutual_information(a, a) == pytest.approx(2.0)
+    assert normalised_mutual_information(a, b) == pytest.approx(1.0, abs=0.02)
+    assert normalised_mutual_information(a, 5.0 - 3.0 * a) == pytest.approx(2.0)  # an inverted contrast
+
+
+@pytest.fixture(scope="module")
+def simulated(atlas3):
+    """A simulated clinical case put on the 1.5 mm output grid by its true transforms, and the brain mask there."""
+    case = simulate_clinical_case(atlas3, seed=10, in_plane_mm=2.0)
+    grid = sri24_grid(1.5)
+    brain = sitk.GetArrayFromImage(load_atlas(1.5).mask) > 0
+    centre = grid.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in grid.GetSize()])
+    return case, grid, brain, centre
+
+
+def _on_grid(case, grid, sequence, matrix=None):
+    matrix = case.truth[sequence] if matrix is None else matrix
+    return sitk.GetArrayFromImage(resample(case.images[sequence], grid, matrix))
+
+
+def test_agreement_check_passes_registered_sequences(simulated):
+    case, grid, brain, _ = simulated
+    volumes = {sequence: _on_grid(case, grid, sequence) for sequence in case.images}
+    scores = check_sequence_agreement(volumes, brain, "S3", reference="t1")
+    assert set(scores) == {f"{s}_{k}" for s in ("t1ce", "t2", "flair") for k in ("nmi", "nmi_gain")}
+    assert all(scores[f"{s}_nmi_gain"] < 0.0 for s in ("t1ce", "t2", "flair"))
+
+
+@pytest.mark.parametrize("motion", [((3.0, 0.0, 0.0), (0.0, 0.0, 0.0)), ((0.0, 0.0, 0.0), (0.0, 3.0, 0.0))])
+def test_agreement_check_flags_a_sequence_misregistered_by_3_degrees_or_3_mm(simulated, motion):
+    # A 3 mm / 3 degree error leaves the foreground Dice above 0.9: the overlap check would pass it.
+    case, grid, brain, centre = simulated
+    volumes = {sequence: _on_grid(case, grid, sequence) for sequence in case.images}
+    volumes["flair"] = _on_grid(case, grid, "flair", case.truth["flair"] @ rigid_matrix(*motion, centre))
+    assert dice(foreground(volumes["flair"]), foreground(volumes["t1"])) > MIN_SEQUENCE_DICE
+    with pytest.raises(RegistrationQualityError, match="S4: the sequences disagree.*flair vs t1") as error:
+        check_sequence_agreement(volumes, brain, "S4", reference="t1")
+    assert "t2 vs" not in str(error.value) and "t1ce vs" not in str(error.value)
+    assert error.value.scores["flair_nmi_gain"] > 0.0 > error.value.scores["t2_nmi_gain"]

@@ -5,6 +5,7 @@ from monai_protoshare.explain.attribution import (
     class_attribution,
     occlusion_attribution,
     prototype_class_maps,
+    prototype_maps,
     prototype_scale_maps,
     upsample_to,
 )
@@ -26,10 +27,12 @@ def _shared_net():
 def _output(net, sizes=((8, 8, 4), (4, 4, 2), (2, 2, 1)), seed=0):
     g = torch.Generator().manual_seed(seed)
     attention = []
+    masks = []
     for k, size in zip(net.prototypes_per_scale, sizes):
         m = torch.rand(1, k, *size, generator=g)
+        masks.append(m)  # eq. 12's M¹
         attention.append(m / m.sum(dim=(2, 3, 4), keepdim=True))  # eq. 13: every map sums to 1
-    return PrototypeOutput(logits=torch.zeros(1, 2), similarities=torch.zeros(1, 30), attention=attention)
+    return PrototypeOutput(logits=torch.zeros(1, 2), similarities=torch.zeros(1, 30), attention=attention, masks=masks)
 
 
 def test_eq28_mean_over_supporting_prototypes_density_rescaled_and_summed():
@@ -75,6 +78,40 @@ def test_protopnet_maps_keep_each_prototypes_top_alpha_voxels():
     m = prototype_scale_maps(net, out, torch.tensor([0]))[0][0, 0] / 200 * 15
     assert m[0, 0, 0] == pytest.approx(0.9) and m[5, 5, 1] == pytest.approx(0.8)
     assert m[9, 9, 1] == 0 and m[3, 3, 0] == 0  # third best and another class's prototype dropped
+
+
+def test_class_map_conventions_eq28_literal_density_and_eq12():
+    net = _shared_net()
+    out = _output(net)
+    target = torch.tensor([0])
+    a, m1 = out.attention, out.masks
+    # eq. 28 as written: the mean of the eq.-13 maps of K+ per scale, upsampled and summed
+    literal = prototype_class_maps(net, out, target, (16, 16, 8), class_map="eq28")
+    expected = upsample_to(a[0][:, [0, 1]].mean(1, keepdim=True), (16, 16, 8)) + upsample_to(a[1][:, [0]], (16, 16, 8))
+    torch.testing.assert_close(literal, expected)
+    # density: the same maps x each scale's voxel count; eq12: the maps before L1 normalisation
+    density, eq12 = (prototype_maps(net, out, c) for c in ("density", "eq12"))
+    for s, n in enumerate((256, 32, 4)):
+        torch.testing.assert_close(density[s], a[s] * n)
+        torch.testing.assert_close(eq12[s], m1[s])
+    eq12_class = prototype_scale_maps(net, out, target, class_map="eq12")
+    torch.testing.assert_close(eq12_class[1][:, 0], m1[1][:, 0])
+    with pytest.raises(ValueError, match="density"):
+        prototype_maps(net, out, "densty")
+
+
+def test_protopnet_whole_similarity_map_convention():
+    net = build_network("protopnet", **TINY_NET)
+    sims = torch.rand(1, 30, 10, 10, 2, generator=torch.Generator().manual_seed(0))
+    out = PrototypeOutput(logits=torch.zeros(1, 2), similarities=torch.zeros(1, 30), attention=[sims])
+    whole = prototype_scale_maps(net, out, torch.tensor([1]), class_map="eq28", protopnet_map="similarity")[0]
+    torch.testing.assert_close(whole[:, 0], sims[:, 15:].mean(1))
+    top = prototype_scale_maps(net, out, torch.tensor([1]), class_map="eq28")[0]
+    assert (top > 0).sum() <= 15 * 2 < (whole > 0).sum()  # at most 2 voxels per prototype survive top-α
+    # one scale, no L1 step: every class-map reading gives the same map up to a constant factor
+    for c in ("density", "eq12"):
+        scaled = prototype_scale_maps(net, out, torch.tensor([1]), class_map=c)[0]
+        torch.testing.assert_close(scaled / scaled.max(), top / top.max())
 
 
 @pytest.mark.parametrize("name", ["um_protoshare", "protopnet", "xprotonet", "maprotonet", "cnn"])

@@ -1,3 +1,5 @@
+import sys
+
 import highdicom as hd
 import nibabel as nib
 import numpy as np
@@ -90,3 +92,17 @@ def test_bad_inputs_raise(series, tmp_path):
         read_series([tmp_path / "missing.dcm"])
     with pytest.raises(ValueError, match="3-D"):
         series_label_volume(nib.Nifti1Image(np.zeros((2, 2)), np.eye(4)), datasets)
+
+
+def test_a_missing_dicom_extra_is_named_with_its_install_command(series, tmp_path, monkeypatch):
+    _, paths, _, label_path = series
+    datasets = read_series(paths)
+    labels = series_label_volume(nib.load(label_path), datasets)
+    message = r"DICOM SEG needs {}: pip install 'monai_protoshare\[dicom\]'"
+    monkeypatch.setitem(sys.modules, "highdicom", None)  # its import now fails as if it were not installed
+    with pytest.raises(ImportError, match=message.format("highdicom")):
+        write_evidence_seg(labels, datasets, tmp_path / "seg.dcm")
+    assert not (tmp_path / "seg.dcm").exists()
+    monkeypatch.setitem(sys.modules, "pydicom", None)
+    with pytest.raises(ImportError, match=message.format("pydicom")):
+        read_series(paths)

@@ -5,13 +5,13 @@ from types import SimpleNamespace
 import nibabel as nib
 import numpy as np
 import pydicom
-import pytest
 import SimpleITK as sitk
 import torch
 import yaml
 
 from data_prep.brats_layout import case_record_path
 from data_prep.dicom_study_writer import SeriesSpec, write_dicom_study
+from data_prep.evidence_seg import case_seg_writer
 from data_prep.geometry import index_affine_lps
 from data_prep.pipeline import RECORD_FORMAT
 from monai_protoshare.data.synthetic import generate_cohort
@@ -91,7 +91,8 @@ def test_a_case_prepared_from_dicom_gets_a_seg_on_its_t1ce_series(tmp_path):
     }
     case_record_path(tmp_path / "data", "caseD").write_text(json.dumps(record))
     out = tmp_path / "evidence"
-    summary = export_evidence(tiny_network(), [item], image_transform(), out, figures=False, progress=False)
+    net, transform = tiny_network(), image_transform()
+    summary = export_evidence(net, [item], transform, out, figures=False, progress=False, dicom_seg=case_seg_writer)
     assert summary.written == ["caseD"], summary.failed
 
     report = json.loads((out / "caseD" / "report.json").read_text())
@@ -112,9 +113,10 @@ def test_command_line_exports_a_bundle_checkpoint(tmp_path, capsys):
     dataset = generate_cohort(tmp_path / "cohort", n_cases=2, seed=0, spacing=12.0)
     bundle = tmp_path / "bundle"
     (bundle / "configs").mkdir(parents=True)
+    network_def = {"_target_": "monai_protoshare.networks.build_network", "name": "@model_name",
+                   **{k: list(v) if isinstance(v, tuple) else v for k, v in TINY_NET.items()}}  # fmt: skip
     settings = {"model_name": "um_protoshare", "spatial_size": list(NETWORK_GRID), "pixdim": PIXDIM,
-                "encoder_layers": list(TINY_NET["encoder_layers"]), "encoder_widths": list(TINY_NET["encoder_widths"]),
-                "embedding_dim": TINY_NET["embedding_dim"], "dataset_dir": str(dataset)}  # fmt: skip
+                "network_def": network_def, "dataset_dir": str(dataset)}  # fmt: skip
     (bundle / "configs" / "train.yaml").write_text(yaml.safe_dump(settings))
     checkpoint = tmp_path / "model.pt"
     torch.save(tiny_network().state_dict(), checkpoint)
@@ -123,17 +125,20 @@ def test_command_line_exports_a_bundle_checkpoint(tmp_path, capsys):
     assert "written 2, skipped (already done) 0, failed 0" in capsys.readouterr().out
     report = json.loads((tmp_path / "out" / "BraTS20_Training_001" / "report.json").read_text())
     assert report["checkpoint"] == str(checkpoint) and len(report["files"]["prototype_maps"]) == 2
+    capsys.readouterr()
     assert main([*args, "--subjects", "BraTS20_Training_003"]) == 2  # unknown subject: a usage error
     assert main([*args, "--preset", "nonexistent"]) == 2
-    with pytest.raises(SystemExit, match="--checkpoint"):
-        main([*args[:2], "--checkpoint", str(tmp_path / "missing.pt")])
+    assert main([*args[:2], "--checkpoint", str(tmp_path / "missing.pt")]) == 2
+    errors = capsys.readouterr().err.splitlines()
+    assert [e.split(":")[1] for e in errors] == [" --subjects", " --bundle_root/--preset", " --checkpoint"]
+    assert all(e.startswith("error: ") for e in errors)
 
 
 def test_bundle_workflow_export_takes_one_held_out_case_per_grade_first(tmp_path):
     held_out = [write_case(tmp_path / "data", f"case00{i}", label=int(i < 3), seed=i) for i in range(1, 4)]
     assert [c["subject_id"] for c in cases_one_per_class_first(held_out, 3)] == ["case003", "case001", "case002"]
     values = {"split": (held_out[1:], held_out), "network": tiny_network(), "spatial_size": NETWORK_GRID,
-              "pixdim": PIXDIM, "model_name": "um_protoshare"}  # fmt: skip
+              "pixdim": PIXDIM, "model_name": "um_protoshare", "dicom_seg": None}  # fmt: skip
     workflow = SimpleNamespace(parser=SimpleNamespace(get_parsed_content=values.__getitem__))
     dirs = export_for_workflow(workflow, tmp_path / "evidence", count=2, top_k=1, figures=False)
     assert dirs == [tmp_path / "evidence" / "case003", tmp_path / "evidence" / "case001"]

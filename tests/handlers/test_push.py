@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
@@ -59,3 +60,21 @@ def test_map_mass_box_in_input_voxels():
     m[0, 0, 0] = 0.2  # below half the maximum
     box = map_mass_box(m, (16, 16, 12))
     assert box.tolist() == [4, 8, 0, 12, 12, 8]
+
+
+@pytest.mark.parametrize("name", ["um_protoshare", "protopnet", "xprotonet", "mprotonet", "maprotonet"])
+def test_cached_similarities_equal_a_fresh_eval_forward(name):
+    # stage 3 with classifier_inputs: cached trains on PushResult.similarities: they must be the similarities the
+    # pushed network gives at inference (ProtoPNet's best-matching voxels move with its prototypes)
+    torch.manual_seed(0)
+    net = build_network(
+        name, **(TINY_NET | ({"encoder_layers": (1,), "encoder_widths": (4,)} if name == "maprotonet" else {}))
+    )
+    data = ToyCases(6)
+    result = push_prototypes(net.train(), DataLoader(data, batch_size=4), "cpu")
+    assert net.training  # the push restores the mode
+    net.eval()
+    with torch.no_grad():
+        fresh = net.explain(data.images, online_cam=False).similarities
+    assert torch.allclose(result.similarities, fresh, atol=1e-6), (result.similarities - fresh).abs().max()
+    assert torch.equal(result.labels, data.labels)

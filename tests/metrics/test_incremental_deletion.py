@@ -1,5 +1,5 @@
-"""Incremental deletion score (App. D.4; DESIGN §8): the peers' test vector, hand-built predictors, a loop reference,
-batching, reuse of unchanged steps, and errors."""
+"""Incremental deletion score (App. D.4; DESIGN §8): the peers' test vector and a loop reference (quantile order),
+the paper's fixed fraction per step (rank order), hand-built predictors, batching, reuse of unchanged steps, errors."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ from sklearn.metrics import balanced_accuracy_score
 from monai_protoshare.metrics import (
     IncrementalDeletionMetric,
     compute_incremental_deletion,
+    deletion_counts,
     deletion_curve,
     deletion_predictions,
     deletion_score,
+    deletion_step_predictions,
 )
 
 
@@ -51,10 +53,12 @@ def _peers_example() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Counting
 
 def test_peers_example_gives_their_curves_and_scores():
     images, attribution, labels, predict = _peers_example()
-    ids, curve = compute_incremental_deletion(predict, images, attribution, labels)
+    ids, curve = compute_incremental_deletion(predict, images, attribution, labels, order="quantile")
     assert curve.tolist() == pytest.approx([1.0, 1.0, 0.7] + [0.3] * 48)
     assert ids == pytest.approx(4.1429, abs=1e-4)
-    ids_bac, curve_bac = compute_incremental_deletion(predict, images, attribution, labels, metric="balanced_accuracy")
+    ids_bac, curve_bac = compute_incremental_deletion(
+        predict, images, attribution, labels, metric="balanced_accuracy", order="quantile"
+    )
     assert curve_bac[:4].tolist() == pytest.approx([1.0, 1.0, 11 / 14, 0.5])
     assert ids_bac == pytest.approx(4.1429, abs=1e-4)
 
@@ -135,13 +139,15 @@ def test_matches_loop_reference_on_random_inputs(seed, quantised):
     predict, images, attribution, labels = _random_problem(seed, quantised)
     steps = 10
     expected = _reference_predictions(predict, images, attribution, steps)
-    predictions = deletion_predictions(predict, images, attribution, steps=steps, batch_size=4)
+    predictions = deletion_predictions(predict, images, attribution, steps=steps, batch_size=4, order="quantile")
     assert torch.equal(predictions, expected)
     assert len(expected.unique(dim=0)) > 2 and len(expected.unique(dim=1)) > 2  # predictions vary by case and step
     acc = [float((expected[:, k] == labels).double().mean()) for k in range(steps + 1)]
     bac = [balanced_accuracy_score(labels.numpy(), expected[:, k].numpy()) for k in range(steps + 1)]
     for metric, reference in (("accuracy", acc), ("balanced_accuracy", bac)):
-        ids, curve = compute_incremental_deletion(predict, images, attribution, labels, steps, 4, metric)
+        ids, curve = compute_incremental_deletion(
+            predict, images, attribution, labels, steps, 4, metric, order="quantile"
+        )
         assert curve.tolist() == pytest.approx(reference, abs=1e-6)
         assert ids == pytest.approx(_reference_score(reference), abs=1e-6)
 
@@ -175,7 +181,7 @@ def test_tied_voxels_are_deleted_together_and_repeated_steps_are_not_forwarded()
         return torch.stack([x.mean(dim=(1, 2, 3, 4)), torch.full((len(x),), 0.5)], dim=1)
 
     predict = CountingPredictor(record)
-    predictions = deletion_predictions(predict, images, attribution, steps=50, batch_size=8)
+    predictions = deletion_predictions(predict, images, attribution, steps=50, batch_size=8, order="quantile")
     assert sorted(set(deleted_sizes)) == [0, 300, 1000]
     assert predict.samples == 2 * n + 1 < 51 * n  # step 0 and the tie step per case, one all-zero input in all
     assert predictions.shape == (n, 51)
@@ -199,9 +205,74 @@ def test_cumulative_metric_over_two_batches_equals_the_function():
     ids, curve = compute_incremental_deletion(predict, images, attribution, labels)
     assert result["ids"] == pytest.approx(ids)
     assert torch.allclose(result["curve"], curve)
-    assert result["ids_bac"] == pytest.approx(4.1429, abs=1e-4)
     assert result["curve_bac"].shape == (51,)
-    assert metric.get_buffer()[0].shape == (10, 51)
+    assert result["ids_peer"] == pytest.approx(4.1429, abs=1e-4) and result["ids_peer_bac"] == pytest.approx(
+        4.1429, abs=1e-4
+    )
+    assert result["curve_peer"].tolist() == pytest.approx([1.0, 1.0, 0.7] + [0.3] * 48)
+    assert [t.shape for t in metric.get_buffer()] == [(10, 51), (10, 51), (10,)]
+
+
+def _deleted_per_step(attribution: torch.Tensor, order: str, seed: int = 0, steps: int = 50) -> list[list[int]]:
+    """Number of deleted voxels each step's input holds, per case (deleted = 0 in every channel of a positive image)."""
+    n = attribution.shape[0]
+    images = torch.rand(n, 2, *attribution.shape[2:], generator=torch.Generator().manual_seed(1)) + 0.5
+    seen: dict[int, list] = {}
+
+    def record(x):
+        for xi in x:
+            seen.setdefault(int((xi[0] == 0).sum()), []).append(xi[0] == 0)
+        return torch.zeros(len(x), 2)
+
+    predictions = deletion_step_predictions(
+        record, images, attribution, steps, batch_size=16, orders=(order,), seed=seed
+    )
+    return sorted(seen), seen, predictions
+
+
+def test_rank_order_deletes_exactly_two_percent_per_step_of_a_map_with_ninety_percent_zeros():
+    # 10x10x5 = 500 voxels, 50 of them attributed (10 %): the paper's text deletes 10 voxels (2 %) a step; the
+    # peers' quantile order deletes every zero at once when the threshold reaches 0 (step 5: the 90 % quantile)
+    attribution = torch.zeros(2, 1, 10, 10, 5)
+    attribution[0, 0, :5, :2] = torch.arange(1.0, 51.0).view(5, 2, 5)
+    attribution[1, 0, 5:, 8:] = 1.0  # the 50 attributed voxels tie as well
+    counts, masks, _ = _deleted_per_step(attribution, "rank")
+    assert counts == [10 * k for k in range(51)]
+    assert len(masks[500]) == 1  # step 50: one all-zero input shared by the set
+    for k in range(1, 6):  # the attributed voxels go first, in order of attribution
+        assert masks[10 * k][0][:5, :2].sum() == 10 * k and masks[10 * k][1][5:, 8:].sum() == 10 * k
+    assert all(len(masks[c]) == 2 for c in counts[:-1])  # each step of each case forwarded once
+    for case in range(2):
+        flat = attribution[case].flatten()
+        assert deletion_counts(flat, 50) == [10 * k for k in range(51)]
+        # quantile order: once the threshold reaches 0 (step 6), all 450 zeros go together
+        assert deletion_counts(flat, 50, "quantile")[:7] == (
+            [0, 10, 20, 30, 40, 50] if case == 0 else [0] + [50] * 5
+        ) + [500]
+
+
+def test_rank_order_breaks_ties_by_a_seeded_permutation_independent_of_batching():
+    attribution = torch.zeros(3, 1, 10, 10, 5)  # all voxels tied: the order is the permutation alone
+    _, first, _ = _deleted_per_step(attribution, "rank", seed=0)
+    _, again, _ = _deleted_per_step(attribution, "rank", seed=0)
+    _, other, _ = _deleted_per_step(attribution, "rank", seed=1)
+    assert all(torch.equal(m, n) for m, n in zip(first[240], again[240]))
+    assert torch.equal(first[240][0], first[240][2])  # one permutation for every case: no batch dependence
+    assert not torch.equal(first[240][0], other[240][0])
+    assert all(torch.equal(first[10 * k][0] & first[10 * (k + 1)][0], first[10 * k][0]) for k in range(49))  # nested
+
+
+def test_both_orders_share_the_inputs_they_have_in_common():
+    images, attribution, labels, predict = _peers_example()
+    both = deletion_step_predictions(predict, images, attribution, steps=50, batch_size=64)
+    shared = predict.samples
+    predict.batches.clear()
+    rank = deletion_predictions(predict, images, attribution, steps=50, batch_size=64)
+    alone = predict.samples
+    predict.batches.clear()
+    assert torch.equal(both["rank"], rank)
+    assert torch.equal(both["quantile"], deletion_predictions(predict, images, attribution, order="quantile"))
+    assert alone < shared < alone + predict.samples - 10  # equal counts (and step 0, all-zero) forwarded once
 
 
 def test_bad_inputs_raise_with_clear_messages():

@@ -24,6 +24,7 @@ EXPECTED = {
     "um_protoshare_e1": ((1, 2, 3), (15, 9, 6), "shared", "l1_soft", "gated", True),
     "um_protoshare_e2": ((1, 2, 3), (9, 15, 6), "shared", "l1_soft", "gated", True),
     "um_protoshare_e3": ((1, 2, 3), (6, 9, 15), "shared", "l1_soft", "gated", True),
+    "fpn_iaia_bl": ((1, 2, 3), (10, 10, 10), "class_specific", "none", "none", False),  # 5 per (level, class)
     "um_protoshare": ((1, 2, 3), (9, 15, 6), "shared", "l1_soft", "gated", True),
 }
 # encoder channels C_s and embedding E of each preset (DESIGN §4); strides of s1, s2, s3
@@ -159,8 +160,9 @@ def test_unknown_override_is_a_value_error_naming_it():
         build_network("cnn", mapping="plain")
 
 
-def test_pretrained_needs_a_known_option_and_a_path():
-    with pytest.raises(ValueError, match="pretrained_path"):
+def test_pretrained_needs_a_known_option_and_a_path(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty torchvision cache: no ResNet-152 file anywhere
+    with pytest.raises(FileNotFoundError, match="pretrained_path"):
         build_network("mprotonet", pretrained="imagenet", **preset_overrides("mprotonet", "cpu_small"))
     with pytest.raises(ValueError, match="imagenet"):
         build_network("mprotonet", pretrained="imagenett", pretrained_path="x.pth")

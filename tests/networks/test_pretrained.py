@@ -5,9 +5,12 @@ torchvision is not a dependency: the 2D state dicts are built by hand with torch
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
+from monai.bundle import ConfigParser
 
 from monai_protoshare.networks import (
     ResNetEncoder,
@@ -16,12 +19,15 @@ from monai_protoshare.networks import (
     load_imagenet_resnet,
     load_medicalnet_resnet,
 )
-from monai_protoshare.networks.pretrained import medicalnet_state_dict
+from monai_protoshare.networks.pretrained import imagenet_weights_file, medicalnet_state_dict
+from tests.bundles.conftest import BUNDLES_DIR
 
 LAYERS, WIDTHS = (1, 1), (16, 32)
 
 
-def _bottleneck_resnet_state_dict(spatial: int, in_channels: int, prefix: str = "") -> dict[str, torch.Tensor]:
+def _bottleneck_resnet_state_dict(
+    spatial: int, in_channels: int, prefix: str = "", layers=LAYERS, widths=WIDTHS
+) -> dict[str, torch.Tensor]:
     """A torchvision-style bottleneck ResNet state dict with LAYERS/WIDTHS, random values.
 
     ``spatial`` = 2 gives torchvision's (O, I, kh, kw) kernels, 3 gives MedicalNet's (O, I, kd, kh, kw);
@@ -40,10 +46,10 @@ def _bottleneck_resnet_state_dict(spatial: int, in_channels: int, prefix: str = 
         sd[f"{prefix}{key}.running_var"] = torch.rand(ch, generator=g) + 0.5
         sd[f"{prefix}{key}.num_batches_tracked"] = torch.tensor(12345)
 
-    conv("conv1", WIDTHS[0], in_channels, 7)
-    bn("bn1", WIDTHS[0])
-    in_planes = WIDTHS[0]
-    for stage, (blocks, width) in enumerate(zip(LAYERS, WIDTHS, strict=True), start=1):
+    conv("conv1", widths[0], in_channels, 7)
+    bn("bn1", widths[0])
+    in_planes = widths[0]
+    for stage, (blocks, width) in enumerate(zip(layers, widths, strict=True), start=1):
         for b in range(blocks):
             p = f"layer{stage}.{b}"
             conv(f"{p}.conv1", width, in_planes, 1)
@@ -148,6 +154,60 @@ def test_missing_or_invalid_weights_file(tmp_path):
     torch.save([torch.zeros(1)], tmp_path / "list.pth")
     with pytest.raises(ValueError, match="does not hold a state dict"):
         load_medicalnet_resnet(_encoder(), tmp_path / "list.pth")
+
+
+def _fake_torchvision_cache(monkeypatch, tmp_path, **sizes) -> dict[str, torch.Tensor]:
+    """A tiny fake ResNet state dict where torchvision caches resnet152 (TORCH_HOME=tmp_path); nothing downloaded."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    sd2d = _bottleneck_resnet_state_dict(spatial=2, in_channels=3, **sizes)
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(sd2d, tmp_path / "hub" / "checkpoints" / "resnet152-f82ba261.pth")
+    return sd2d
+
+
+def test_imagenet_start_reads_torchvisions_cache_without_a_path(monkeypatch, tmp_path):
+    sd2d = _fake_torchvision_cache(monkeypatch, tmp_path)
+    assert imagenet_weights_file() == tmp_path / "hub" / "checkpoints" / "resnet152-f82ba261.pth"
+    net = build_network(
+        "mprotonet", pretrained="imagenet", encoder_layers=LAYERS, encoder_widths=WIDTHS, embedding_dim=32
+    )
+    expected = inflate_resnet2d_state_dict(sd2d, _encoder())
+    assert all(torch.equal(v, expected[k]) for k, v in net.backbone.encoder.state_dict().items())
+
+
+def test_imagenet_start_offline_without_the_file_names_the_option_and_the_file(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    cache = str(tmp_path / "hub" / "checkpoints" / "resnet152-*.pth")
+    with pytest.raises(FileNotFoundError, match=rf"(?s){re.escape(cache)}.*pretrained_path.*random"):
+        build_network("um_protoshare", pretrained="imagenet", encoder_layers=LAYERS, encoder_widths=WIDTHS)
+    with pytest.raises(FileNotFoundError, match=r"pretrained_path.*absent\.pth"):
+        build_network("cnn", pretrained="imagenet", pretrained_path=tmp_path / "absent.pth")
+
+
+def test_maprotonet_attention_keeps_its_initialisation_when_inflated(monkeypatch, tmp_path):
+    sd2d = _fake_torchvision_cache(monkeypatch, tmp_path, layers=(1,), widths=(16,))
+    torch.manual_seed(0)
+    reference = build_network("maprotonet", encoder_layers=(1,), encoder_widths=(16,), embedding_dim=32)
+    torch.manual_seed(0)
+    net = build_network(
+        "maprotonet", pretrained="imagenet", encoder_layers=(1,), encoder_widths=(16,), embedding_dim=32
+    )
+    state, initial = net.backbone.encoder.state_dict(), reference.backbone.encoder.state_dict()
+    attention = [k for k in state if ".attention." in k]
+    assert attention and all(torch.equal(state[k], initial[k]) for k in attention)
+    assert torch.equal(state["layer1.0.bn2.running_var"], sd2d["layer1.0.bn2.running_var"])
+
+
+@pytest.mark.parametrize("bundle", ["um_protoshare", "protopnet", "xprotonet", "mprotonet", "maprotonet", "cnn"])
+def test_paper_preset_starts_from_imagenet_and_cpu_small_from_random(bundle):
+    configs = BUNDLES_DIR / bundle / "configs"
+    for preset, expected in (("paper", "imagenet"), ("cpu_small", None)):
+        parser = ConfigParser()
+        parser.read_config([configs / "train.yaml", configs / "presets" / f"{preset}.yaml"])
+        assert parser["pretrained"] == expected and parser["network_def"]["pretrained"] == "@pretrained"
+        assert parser["pretrained_path"] is None and parser["network_def"]["pretrained_path"] == "@pretrained_path"
+    parser.read_config([configs / "train.yaml", configs / "presets" / "paper.yaml", configs / "evaluate.yaml"])
+    assert parser["network_def"]["pretrained"] is None  # evaluation loads a checkpoint: no ImageNet file needed
 
 
 # ---------------------------------------------------------------- MedicalNet (3D, D-first kernels)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from network_cases import DISTINCT_MODELS, PROTOTYPE_MODELS, build, tiny_input
 
 CLASS_SPECIFIC = ["protopnet", "xprotonet", "mprotonet", "maprotonet", "um_protoshare_a1"]
-SHARED = [n for n in PROTOTYPE_MODELS if n not in CLASS_SPECIFIC]
+SHARED = [n for n in PROTOTYPE_MODELS if n not in CLASS_SPECIFIC + ["fpn_iaia_bl"]]  # class- and level-specific
 ONLINE_CAM = ["mprotonet", "maprotonet", "um_protoshare_a1", "um_protoshare_e2"]
 
 

@@ -143,14 +143,18 @@ def test_evaluation_with_skip_bad_cases_evaluates_the_good_held_out_cases_and_li
     )
 
 
-def test_a_bad_option_is_one_line_on_stderr_and_exit_status_2(cohort10, tmp_path, capfd):
-    """``python -m monai.bundle run ... --fold abc`` ends with status 2 and this line on stderr (Python prints
-    nothing for a SystemExit with an integer code: the error writes its line itself)."""
+def test_a_bad_option_is_a_value_error_in_process_and_exit_status_2_on_the_command_line(cohort10, tmp_path, capfd):
+    """In process the error is a catchable ``ValueError`` that prints nothing; ``python -m monai.bundle run ...
+    --fold abc`` ends with status 2 and the error's one line on stderr, no traceback."""
     expected = "error: --fold: must be an integer in 0..4; got 'abc'."
-    with pytest.raises(BundleOptionError):
+    with pytest.raises(ValueError) as err:
         _train(cohort10, tmp_path, fold="abc")
-    assert capfd.readouterr().err.splitlines() == [expected]
-    code = "from monai_protoshare.workflows.options import fold_split; fold_split([], 'abc')"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2 and result.stderr == expected + "\n"
+    assert isinstance(err.value, BundleOptionError) and f"error: {err.value}" == expected
+    assert "--fold" not in capfd.readouterr().err
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(BUNDLE / "configs" / "train.yaml"),
+               "--bundle_root", str(BUNDLE), "--dataset_dir", str(cohort10), "--output_dir", str(tmp_path), "--fold", "abc"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert [line for line in result.stderr.splitlines() if "--fold" in line] == [expected]
+    assert result.stderr.splitlines()[-1] == expected
     record("CLI: --fold abc (process exit)", "bundle (command line)", f"exit {result.returncode}, stderr: {expected}")

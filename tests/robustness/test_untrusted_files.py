@@ -17,7 +17,7 @@ from monai_protoshare.workflows import export_evidence
 from monai_protoshare.workflows.options import BundleOptionError, load_network_weights
 from tests.toy_data import TINY_NET
 
-from .conftest import expect_failure, malicious_checkpoint, plain_pickle, project_files, truncate
+from .conftest import expect_failure, malicious_checkpoint, plain_pickle, project_files, record, truncate
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCE_DIRS = ("monai_protoshare", "data_prep", "deploy", "benchmarks", "tests", "bundles")
@@ -88,17 +88,14 @@ def test_export_evidence_command_refuses_a_checkpoint_with_code(tmp_path, marker
     bundle = tmp_path / "bundle" / "configs"
     bundle.mkdir(parents=True)
     (bundle / "train.yaml").write_text(
-        "model_name: um_protoshare\nencoder_layers: [1, 1]\nencoder_widths: [4, 8]\nembedding_dim: 8\n"
+        "model_name: um_protoshare\nnetwork_def:\n  _target_: monai_protoshare.networks.build_network\n"
+        "  name: '@model_name'\n  encoder_layers: [1, 1]\n  encoder_widths: [4, 8]\n  embedding_dim: 8\n"
     )
-    error = expect_failure(
-        "checkpoint with code, export_evidence --checkpoint",
-        "evidence export (command line)",
-        SystemExit,
-        r"--checkpoint: cannot load '.*evil\.pt' as weights",
-        export_evidence.main,
-        ["--bundle_root", str(tmp_path / "bundle"), "--checkpoint", str(evil), "--dataset_dir", str(tmp_path)],
-    )
-    assert error.code == 2 and not marker.exists()
+    args = ["--bundle_root", str(tmp_path / "bundle"), "--checkpoint", str(evil), "--dataset_dir", str(tmp_path)]
+    assert export_evidence.main(args) == 2 and not marker.exists()
+    [line] = capsys.readouterr().err.splitlines()
+    assert re.match(r"error: --checkpoint: cannot load '.*evil\.pt' as weights", line), line
+    record("checkpoint with code, export_evidence --checkpoint", "evidence export (command line)", f"exit 2, {line}")
 
 
 def test_truncated_foreign_and_non_torch_checkpoints_name_the_file(tmp_path, weights):

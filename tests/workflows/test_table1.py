@@ -24,6 +24,22 @@ def test_mean_and_population_std_over_folds_in_percent_and_paper_order(tmp_path)
     assert um[1] == "E2" and um[3] == "85.00 ± 5.00" and um[4] == "5.00 ± 1.00" and um[5] == "80.00 ± 10.00"
     assert um[6] == "2" and um[7] == "88.40 ± 2.80"  # folds, then the paper's values
     assert "| UM-ProtoShare | E2 | mid-heavy |" in render_markdown(collect(tmp_path))
+    assert rows[0][-1] == "AP map" and um[-1] == "unrecorded"
+
+
+def test_ap_column_names_each_rows_class_map_convention(tmp_path):
+    for run, fold, extra in (
+        ("um_protoshare", 0, {"class_map": "density"}),
+        ("um_protoshare", 1, {"class_map": "eq28"}),
+        ("protopnet", 0, {"class_map": "density", "protopnet_map": "topk"}),
+        ("cnn", 0, {"attribution": "gradcam"}),
+    ):
+        folder = tmp_path / run / f"fold{fold}"
+        folder.mkdir(parents=True)
+        (folder / "metrics.json").write_text(json.dumps({"bac": 0.8, "ap": 0.5, "ids": 5.0, **extra}))
+    rows = {r[0]: r[-1] for r in csv.reader(io.StringIO(render_csv(collect(tmp_path))))}
+    assert rows == {"Model": "AP map", "CNN: Grad-CAM": "gradcam", "ProtoPNet": "density (topk)",
+                    "UM-ProtoShare": "density, eq28"}  # fmt: skip
 
 
 def test_write_table_files_and_empty_root(tmp_path):

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 import threading
@@ -32,44 +31,17 @@ import torch
 from monai.bundle import ConfigParser
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
+from monai_protoshare.data.cases import case_files
 from monai_protoshare.explain.evidence import explain_cases, prototype_catalogue
 from monai_protoshare.explain.evidence_writer import LABEL_NAME, write_case_evidence
 from monai_protoshare.workflows.options import load_network_weights
 
-__all__ = ["LABEL_NAMES", "SEQUENCE_SUFFIXES", "ProtoShareEvidenceInfer", "case_files"]
+__all__ = ["LABEL_NAMES", "ProtoShareEvidenceInfer"]
 
 logger = logging.getLogger(__name__)
 
-#: Input order of the sequences (DESIGN §3) and their file-name suffixes.
-SEQUENCE_SUFFIXES = ("t1", "t1ce", "t2", "flair")
 #: Label value of the evidence overlay, as the viewer lists it.
 LABEL_NAMES = {"prototype_evidence": 1}
-_CASE_FILE = re.compile(r"^(?P<case>.+)_(?P<sequence>t1|t1ce|t2|flair)(?P<ext>\.nii\.gz|\.nii)$")
-
-
-def case_files(image: str | os.PathLike) -> tuple[str, list[str]]:
-    """The case id and its four sequence files [T1, T1-CE, T2, FLAIR], from the path of any one of them.
-
-    Raises:
-        ValueError: the file name is not ``<case>_{t1,t1ce,t2,flair}.nii[.gz]``.
-        FileNotFoundError: a sequence of the case is missing beside it.
-    """
-    path = Path(image)
-    match = _CASE_FILE.match(path.name)
-    if match is None:
-        raise ValueError(
-            f"image {path.name!r} must be named <case>_{{t1,t1ce,t2,flair}}.nii[.gz] (the four sequences of a case "
-            "side by side in the studies folder)."
-        )
-    case = match["case"]
-    files = []
-    for sequence in SEQUENCE_SUFFIXES:
-        found = [path.with_name(f"{case}_{sequence}{ext}") for ext in (".nii.gz", ".nii")]
-        existing = [f for f in found if f.is_file()]
-        if not existing:
-            raise FileNotFoundError(f"case {case!r}: no {sequence} sequence {found[0].name} beside {path.name}.")
-        files.append(str(existing[0]))
-    return case, files
 
 
 class ProtoShareEvidenceInfer(InferTask):
