@@ -1,13 +1,13 @@
 """Cost of the push (stage 2, eq. 20) as a ratio to one no-grad pass over the same batches (issue 11 item 2).
 
-The floor of :func:`~monai_protoshare.handlers.push.push_prototypes` is one no-grad, eval-mode
+The floor of :func:`~monai_protoshare.explain.push.push_prototypes` is one no-grad, eval-mode
 ``network.explain`` over the un-augmented training fold: the push needs exactly the descriptors (eq. 14) and
 attention maps of that pass. Everything else it does (cosine similarities to the bank, the running best per
 prototype, the map-mass box of each new best, the stage-3 similarity cache) is overhead; the goal is a ratio
 <= 1.1. Both are run on the same in-memory batches (data loading is :mod:`bench_data`'s business), interleaved
 round by round; the prototype bank is restored before every push (untimed) so each push does the same work.
 
-Also reported: how many map-mass boxes (:func:`~monai_protoshare.handlers.push.map_mass_box`) a push computes
+Also reported: how many map-mass boxes (:func:`~monai_protoshare.explain.push.map_mass_box`) a push computes
 and their share of its time, measured in the warm-up round.
 
 Usage::
@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from bench_common import PRESETS, RESULTS_DIR, interleaved, machine, preset_network, print_table
 
-import monai_protoshare.handlers.push as push_module
+import monai_protoshare.explain.push as push_module
 from monai_protoshare.io import write_json
 
 GOAL = 1.1

@@ -53,8 +53,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from monai_protoshare.engines import PrototypeTrainer, TrainingSchedule
 from monai_protoshare.engines.schedule import Stage
-from monai_protoshare.handlers.push import push_prototypes
-from monai_protoshare.handlers.training_stage import TRAINABLE_GROUPS
+from monai_protoshare.engines.stages import TRAINABLE_GROUPS
+from monai_protoshare.explain.push import push_prototypes
 from monai_protoshare.io import write_json
 from monai_protoshare.networks import CNNClassifier, PrototypeNetwork
 

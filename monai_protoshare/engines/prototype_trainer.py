@@ -11,15 +11,18 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from ignite.engine import Events
 from monai.engines import Trainer
-from monai.engines.utils import default_prepare_batch
+from monai.engines.utils import IterationEvents, default_prepare_batch
 from monai.optimizers import WarmupCosineSchedule
 from monai.utils import CommonKeys, look_up_option
 from torch import nn
 
+from ..explain.push import push_prototypes
 from ..losses import ClassifierStageLoss, LatentSpaceLoss
 from ..networks import CNNClassifier
 from .distributed import average_gradients, broadcast_buffers, broadcast_state
 from .schedule import Stage, TrainingSchedule
+from .similarity_batches import SimilarityBatches
+from .stages import classifier_batches, epoch_seed, log_push, reseed, set_stage, write_provenance
 
 __all__ = ["PrototypeTrainer", "loss_terms"]
 
@@ -45,16 +48,20 @@ class PrototypeTrainer(Trainer):
       mode, so they really stay as warm-up left them), classifier frozen; AdamW over encoder, add-ons,
       mapping modules (weight decay ``latent_weight_decay``) and prototypes (no weight decay);
       ``WarmupCosineSchedule`` stepped once per latent epoch (``lr_warmup_epochs`` of ``latent_epochs``).
-    - push (stage 2, eq. 20) after each block of latent epochs: :class:`PrototypePushHandler`.
+    - push (stage 2, eq. 20) after each block of latent epochs: :func:`~monai_protoshare.explain.push.push_prototypes`;
+      ``state.push_result`` holds the :class:`~monai_protoshare.explain.push.PushResult`.
     - ``CLASSIFIER`` (stage 3): :class:`ClassifierStageLoss` (eq. 21), Adam on the classifier only; the
       rest of the network runs in eval mode without gradients (only the last layer is trained, so BN
       statistics must not drift and no activation needs to be kept).
 
     A :class:`CNNClassifier` network (the CNN baseline) is trained with warm-up epochs only.
 
-    Stage switching, per-epoch reseeding (so a resumed run repeats exactly the epoch it lost), the LR
-    schedule and the push are attached here, before ``train_handlers``, so a checkpoint saved by a
-    user handler at ``EPOCH_COMPLETED`` always includes the push of that epoch.
+    The trainer owns the loop between epochs (:mod:`~monai_protoshare.engines.stages`): at ``EPOCH_STARTED`` it
+    reseeds (so a resumed run repeats exactly the epoch it lost), then sets ``state.stage``, the trainable parameter
+    groups, module modes, forward function and data source of the epoch's stage; at ``EPOCH_COMPLETED`` it steps the
+    LR schedule, then pushes. These run before ``train_handlers``, so a checkpoint saved by a user handler at
+    ``EPOCH_COMPLETED`` always includes the push of that epoch. Handlers react to ``state`` (``stage``, ``lr``,
+    ``rank``, ``push_result``, ``push_seconds``) and to MONAI's ``IterationEvents`` fired in :meth:`_iteration`.
 
     Args:
         device: training device; the network and the warm-up GAP head are moved to it.
@@ -120,10 +127,6 @@ class PrototypeTrainer(Trainer):
         additional_metrics: dict | None = None,
         epoch_length: int | None = None,
     ) -> None:
-        from ..handlers.epoch_reseed import EpochReseedHandler
-        from ..handlers.push import PrototypePushHandler
-        from ..handlers.training_stage import TrainingStageHandler
-
         total = schedule.total_epochs
         if max_epochs is not None and int(max_epochs) != total:
             raise ValueError(
@@ -173,9 +176,14 @@ class PrototypeTrainer(Trainer):
         self.distributed = bool(distributed) and dist.is_available() and dist.is_initialized()
         self.classifier_inputs = look_up_option(classifier_inputs, ("augmented", "cached"))
         self.push_data_loader = push_data_loader
+        self.push_output_dir = push_output_dir
+        self.seed = int(seed)
+        self.reseeded_dataset = getattr(train_data_loader, "dataset", None)
         self.classifier_cache: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.forward_module: Callable | None = None
         self.state.stage = None
         self.state.lr = None
+        self.state.push_result = None
 
         groups = self.warmup_model.parameter_groups()
         self.warmup_optimizer = torch.optim.AdamW(
@@ -205,14 +213,14 @@ class PrototypeTrainer(Trainer):
             )
             self.classifier_optimizer = torch.optim.Adam(groups["classifier"], lr=classifier_lr)
 
-        # built-in handlers, attached before the user's so that checkpoints follow the push
-        EpochReseedHandler(seed, train_data_loader).attach(self)
+        # the trainer's own steps, attached before the user's handlers so that checkpoints follow the push
+        self.add_event_handler(Events.EPOCH_STARTED, self._reseed)
         if self.distributed:
             self.add_event_handler(Events.STARTED, lambda _: broadcast_state(self.network, self.warmup_model))
-        TrainingStageHandler().attach(self)
+        self.add_event_handler(Events.EPOCH_STARTED, self._start_stage)
         if self.latent_scheduler is not None:
             self.add_event_handler(Events.EPOCH_COMPLETED, self._step_latent_scheduler)
-            PrototypePushHandler(push_data_loader, output_dir=push_output_dir).attach(self)
+            self.add_event_handler(Events.EPOCH_COMPLETED, self._push)
         if train_handlers is not None:
             self._register_handlers(train_handlers)
 
@@ -242,12 +250,73 @@ class PrototypeTrainer(Trainer):
             Stage.CLASSIFIER: self.classifier_optimizer,
         }[stage]
 
+    def _reseed(self, engine: PrototypeTrainer) -> None:
+        """``EPOCH_STARTED``: seed the epoch's shuffling and augmentation from ``(seed, epoch)`` alone."""
+        reseed(epoch_seed(self.seed, engine.state.epoch), self.reseeded_dataset)
+
+    def _start_stage(self, engine: PrototypeTrainer) -> None:
+        """``EPOCH_STARTED``: enter the epoch's stage: ``state.stage``, trainable groups and module modes
+        (:func:`~monai_protoshare.engines.stages.set_stage`), ``forward_module``, the data source, ``state.lr``."""
+        epoch = engine.state.epoch
+        stage = self.schedule.stage(epoch)
+        if stage != engine.state.stage:
+            logger.info("epoch %d: stage %s", epoch, stage.value)
+        engine.state.stage = stage
+        frozen_encoder = stage == Stage.LATENT and self.schedule.latent_epoch_index(epoch) < self.frozen_encoder_epochs
+        set_stage(self.network, self.warmup_model, stage, frozen_encoder)
+        self.forward_module = self.warmup_model if stage == Stage.WARMUP else self.network.explain
+        self._select_data(stage)
+        engine.state.lr = self.optimizer_for(stage).param_groups[0]["lr"]
+        engine.state.rank = dist.get_rank() if self.distributed else 0
+
+    def _select_data(self, stage: Stage) -> None:
+        """The training loader, or with ``classifier_inputs="cached"`` in stage 3 the push's similarities
+        (:class:`SimilarityBatches`); a latent epoch drops the cache, since the next push replaces the prototypes."""
+        cached = isinstance(self.state.dataloader, SimilarityBatches)
+        if stage == Stage.LATENT:
+            self.classifier_cache = None
+        if stage != Stage.CLASSIFIER or self.classifier_inputs != "cached":
+            if cached:
+                self.set_data(self.data_loader)
+            return
+        if cached:
+            return
+        batch_size = getattr(self.data_loader, "batch_size", None) or 1
+        batches, self.classifier_cache = classifier_batches(
+            self.network, self.classifier_cache, self.push_data_loader, batch_size, self.state.epoch_length
+        )
+        self.set_data(batches)
+
     def _step_latent_scheduler(self, engine: PrototypeTrainer) -> None:
         if self.schedule.stage(engine.state.epoch) == Stage.LATENT:
             self.latent_scheduler.step()
 
+    def _push(self, engine: PrototypeTrainer) -> None:
+        """``EPOCH_COMPLETED`` of the last latent epoch of each block: the push (eq. 20); its similarities become
+        the stage-3 cache, its :class:`~monai_protoshare.explain.push.PushResult` ``state.push_result``, and rank 0
+        writes the provenance JSON to ``push_output_dir``."""
+        epoch = engine.state.epoch
+        if not self.schedule.push_after(epoch):
+            return
+        result = push_prototypes(self.network, self.push_data_loader, engine.state.device, epoch=epoch)
+        engine.state.push_result = result
+        engine.state.push_seconds = result.seconds
+        self.classifier_cache = (result.similarities, result.labels)
+        log_push(result, epoch)
+        if self.push_output_dir is not None and engine.state.rank == 0:
+            write_provenance(self.network, self.push_output_dir, epoch)
+
+    @staticmethod
+    def _forward_completed(engine: PrototypeTrainer, logits: torch.Tensor) -> None:
+        engine.state.output[CommonKeys.PRED] = logits
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+
     def _iteration(self, engine: PrototypeTrainer, batchdata: dict[str, torch.Tensor]) -> dict[str, Any]:
-        """One optimisation step of the current stage.
+        """One optimisation step of the current stage, firing MONAI's ``IterationEvents`` as ``SupervisedTrainer``.
+
+        ``state.output`` holds ``{"label": (B,)}``, then ``"pred"`` (logits (B, C)) at ``FORWARD_COMPLETED`` and
+        ``"loss"`` (the stage loss, a 0-d tensor) at ``LOSS_COMPLETED``; ``BACKWARD_COMPLETED`` follows the backward
+        pass (gradients averaged over ranks), ``MODEL_COMPLETED`` the optimiser step.
 
         Returns ``{"pred": logits (B, C), "label": (B,), "loss": float, <loss terms>: float}``.
         """
@@ -261,6 +330,7 @@ class PrototypeTrainer(Trainer):
             images, labels = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking)[:2]
             images = images.contiguous(memory_format=self.memory_format)
         labels = labels.long().view(-1)
+        engine.state.output = {CommonKeys.LABEL: labels}
         optimizer = self.optimizer_for(stage)
         optimizer.zero_grad(set_to_none=True)
         if self.distributed and stage != Stage.CLASSIFIER:
@@ -268,11 +338,13 @@ class PrototypeTrainer(Trainer):
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=engine.amp):
             if stage == Stage.WARMUP:
                 logits = engine.forward_module(images)
+                self._forward_completed(engine, logits)
                 terms = {"cls": F.cross_entropy(logits, labels)}
                 terms["loss"] = terms["cls"]
             elif stage == Stage.LATENT:
                 output = engine.forward_module(images)
                 logits = output.logits
+                self._forward_completed(engine, logits)
                 masks = batchdata.get("mask")  # only the fine-annotation loss reads them (configs/ablations/fine.yaml)
                 masks = None if masks is None else masks.to(engine.state.device)
                 terms = self.latent_loss(self.network, output, labels, masks=masks)
@@ -283,11 +355,16 @@ class PrototypeTrainer(Trainer):
                     with torch.no_grad():
                         similarities = self.network.explain(images, online_cam=False).similarities
                 logits = self.network.classifier(similarities.float())
+                self._forward_completed(engine, logits)
                 terms = self.classifier_loss(self.network, logits, labels)
+            engine.state.output[CommonKeys.LOSS] = terms["loss"]
+            engine.fire_event(IterationEvents.LOSS_COMPLETED)
         terms["loss"].backward()
         if self.distributed:
             average_gradients(p for group in optimizer.param_groups for p in group["params"])
+        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
         optimizer.step()
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
         out = {k: float(v.detach()) for k, v in terms.items()}
         out.update({CommonKeys.PRED: logits.detach().float(), CommonKeys.LABEL: labels})
         return out

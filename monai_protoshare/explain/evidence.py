@@ -474,7 +474,7 @@ def collect_prototype_sources(
     """Load each pushed prototype's source case once and keep the axial slice through its box's centre.
 
     Args:
-        network: a pushed network (provenance filled by :func:`~monai_protoshare.handlers.push_prototypes`).
+        network: a pushed network (provenance filled by :func:`~monai_protoshare.explain.push.push_prototypes`).
         datalist: items with ``image`` (paths) and ``subject_id``; prototypes whose source is not listed or
             cannot be loaded are skipped with a warning.
         transform: the preprocessing of the push (same spatial size and spacing: boxes are in its voxels).

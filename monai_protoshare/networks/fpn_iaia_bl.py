@@ -16,7 +16,7 @@ Choices where the paper is silent (each a constructor argument, so a config valu
 - prototypes are ordered level-major (s1, s2, s3 as everywhere in the project), then class-major within a
   level; initialised U[0, 1) like the project's prototype bank; h starts at +1 (own class) / −0.5 (other);
 - the push (stage B) projects each prototype onto the training voxel feature of its own level and class with the
-  highest cosine similarity (:func:`~monai_protoshare.handlers.push.push_prototypes`, ProtoPNet's projection).
+  highest cosine similarity (:func:`~monai_protoshare.explain.push.push_prototypes`, ProtoPNet's projection).
 """
 
 from __future__ import annotations

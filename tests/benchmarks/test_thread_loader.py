@@ -3,7 +3,7 @@
 The speed-up measured by ``benchmarks/bench_data.py --part epoch --thread-loader`` for ``num_workers: 0`` presets
 is only acceptable if training sees the same batches: same shuffling, same augmentation draws, and the same draws
 of torch's global RNG in the training step (the mapping loss draws its rescale factor from it), with the per-epoch
-reseeding of :class:`~monai_protoshare.handlers.EpochReseedHandler`.
+reseeding of :class:`~monai_protoshare.engines.PrototypeTrainer`.
 """
 
 import torch
@@ -21,7 +21,7 @@ def _epochs(loader_type, epochs=2):
     loader = loader_type(dataset, batch_size=2, shuffle=True, num_workers=0)
     seen = []
     for epoch in range(1, epochs + 1):
-        torch.manual_seed(epoch)  # EpochReseedHandler at EPOCH_STARTED
+        torch.manual_seed(epoch)  # the trainer reseeds at EPOCH_STARTED
         set_rnd(dataset, epoch)
         for batch in loader:
             step_draw = torch.randint(1000, (1,))  # the training step's use of the global RNG

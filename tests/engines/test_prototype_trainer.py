@@ -145,3 +145,30 @@ def test_trainer_moves_the_network_and_its_warmup_head_to_its_device():
     trainer = PrototypeTrainer("meta", net, loader, SCHEDULE, push_data_loader=loader)
     assert {p.device.type for p in trainer.warmup_model.parameters()} == {"meta"}
     assert {p.device.type for p in net.parameters()} == {"meta"}
+
+
+def test_iteration_events_and_push_result_in_state(tmp_path):
+    """Handlers react to the trainer: MONAI's IterationEvents in every step (as SupervisedTrainer), the push in state."""
+    from monai.engines.utils import IterationEvents
+
+    trainer = _trainer(tmp_path, classifier_inputs="cached")
+    fired = []
+    for event in (
+        IterationEvents.FORWARD_COMPLETED,
+        IterationEvents.LOSS_COMPLETED,
+        IterationEvents.BACKWARD_COMPLETED,
+        IterationEvents.MODEL_COMPLETED,
+    ):
+        trainer.add_event_handler(event, lambda e, name=event.name: fired.append((name, sorted(e.state.output))))
+    trainer.run()
+    steps = SCHEDULE.total_epochs * 3  # 6 cases in batches of 2
+    assert len(fired) == 4 * steps
+    assert fired[:4] == [
+        ("FORWARD_COMPLETED", ["label", "pred"]),
+        ("LOSS_COMPLETED", ["label", "loss", "pred"]),
+        ("BACKWARD_COMPLETED", ["label", "loss", "pred"]),
+        ("MODEL_COMPLETED", ["label", "loss", "pred"]),
+    ]
+    result = trainer.state.push_result
+    assert result.num_cases == 6 and len(result.subject_ids) == trainer.network.prototypes.num_prototypes
+    assert trainer.classifier_cache[0] is result.similarities

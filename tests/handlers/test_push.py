@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from monai_protoshare.handlers.push import map_mass_box, push_prototypes
+from monai_protoshare.explain.push import map_mass_box, push_prototypes
 from monai_protoshare.networks import build_network
 from tests.toy_data import TINY_NET, ToyCases
 

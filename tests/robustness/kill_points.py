@@ -105,7 +105,8 @@ def train(dataset_dir: str, output_dir: str, marker: str, pause: str, overrides:
     import torch
     from ignite.engine import Events
 
-    from monai_protoshare.handlers import checkpoint, push
+    from monai_protoshare.engines import prototype_trainer
+    from monai_protoshare.handlers import checkpoint
     from monai_protoshare.workflows.demo import DEFAULT_BUNDLES_DIR, bundle_workflow
 
     torch.set_num_threads(1)
@@ -113,7 +114,7 @@ def train(dataset_dir: str, output_dir: str, marker: str, pause: str, overrides:
     point, _, value = pause.partition(":")
     saving = {"epoch": 0}
 
-    real_push = push.push_prototypes
+    real_push = prototype_trainer.push_prototypes
 
     def push_then_pause(network, data_loader, device, epoch=-1, **kwargs):
         result = real_push(network, data_loader, device, epoch=epoch, **kwargs)
@@ -140,7 +141,7 @@ def train(dataset_dir: str, output_dir: str, marker: str, pause: str, overrides:
                 _half(tmp)  # the write is under way: half of the new file is on disk
                 _pause(marker_path, pause)
 
-    push.push_prototypes = push_then_pause
+    prototype_trainer.push_prototypes = push_then_pause
     checkpoint.TrainingCheckpointHandler.save = save
     checkpoint.atomic_path = atomic_then_pause
 

@@ -1,23 +1,19 @@
-"""Stage 2, the push (eq. 20): every prototype becomes the descriptor of its best-matching training case."""
+"""Stage 2, the push (eq. 20): every prototype becomes the descriptor of its best-matching training case.
+
+The computation only; :class:`~monai_protoshare.engines.PrototypeTrainer` runs it after each block of latent epochs.
+"""
 
 from __future__ import annotations
 
-import logging
-import os
 import time
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from ignite.engine import Events
 from torch import nn
 
-from ..io import write_json
-
-__all__ = ["PrototypePushHandler", "PushResult", "map_mass_box", "push_prototypes"]
-
-logger = logging.getLogger(__name__)
+__all__ = ["PushResult", "map_mass_box", "push_prototypes"]
 
 
 @dataclass
@@ -184,51 +180,3 @@ def _gather_best(best_sim, best_desc, best_box, best_id, num_cases):
     best_box = torch.stack([g[2] for g in gathered])[winner, k]
     best_id = [gathered[int(r)][3][j] for j, r in enumerate(winner)]
     return best_sim, best_desc, best_box, best_id, sum(g[4] for g in gathered)
-
-
-class PrototypePushHandler:
-    """Runs :func:`push_prototypes` at ``EPOCH_COMPLETED`` of the last latent epoch of each block (App. D.5).
-
-    Logs the result and, with ``output_dir``, writes the provenance of every prototype to
-    ``prototypes_epoch<E>.json`` and ``prototypes.json`` (rank 0).
-
-    Args:
-        data_loader: the un-augmented training fold.
-        output_dir: folder for the provenance JSON (optional).
-    """
-
-    def __init__(self, data_loader, output_dir: str | os.PathLike | None = None) -> None:
-        self.data_loader = data_loader
-        self.output_dir = output_dir
-        self.last_result: PushResult | None = None
-
-    def attach(self, engine) -> None:
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
-
-    def __call__(self, engine) -> None:
-        epoch = engine.state.epoch
-        if not engine.schedule.push_after(epoch):
-            return
-        result = push_prototypes(engine.network, self.data_loader, engine.state.device, epoch=epoch)
-        self.last_result = result
-        engine.classifier_cache = (result.similarities, result.labels)
-        engine.state.push_seconds = result.seconds
-        before = result.similarity_before
-        # each prototype's best match among this process's cases after the push: its source case, 1.0 (eq. 20)
-        after = result.similarities.max(dim=0).values
-        logger.info(
-            "push after epoch %d: %d prototypes from %d distinct of %d cases, similarity to the chosen descriptor "
-            "before push min %.3f / mean %.3f, best similarity after push min %.6f, %.1f s",
-            epoch,
-            len(result.subject_ids),
-            len(set(result.subject_ids)),
-            result.num_cases,
-            float(before.min()),
-            float(before.mean()),
-            float(after.min()),
-            result.seconds,
-        )
-        if self.output_dir is not None and getattr(engine.state, "rank", 0) == 0:
-            record = {"epoch": epoch, "prototypes": engine.network.prototypes.provenance()}
-            write_json(os.path.join(self.output_dir, f"prototypes_epoch{epoch}.json"), record)
-            write_json(os.path.join(self.output_dir, "prototypes.json"), record)
