@@ -15,6 +15,7 @@ from torch import nn
 
 from ..losses.prototype_ownership import class_coefficients
 from ..networks import FPNIAIABL, CNNClassifier, PrototypeNetwork, PrototypeOutput
+from ..networks.modes import evaluating
 
 __all__ = [
     "CLASS_MAPS",
@@ -216,11 +217,11 @@ def class_attribution(
             networks.
         class_map, protopnet_map: prototype networks' map convention (:func:`prototype_maps`); ignored for a CNN.
     """
-    network.eval()
-    if isinstance(network, PrototypeNetwork):
-        return _prototype_attribution(network, images, target, class_map, protopnet_map)
-    method = look_up_option(method or "gradcam", CNN_ATTRIBUTIONS)
-    if method in ("gradcam", "gradcampp"):
-        return gradcam_attribution(network, images, target, plus_plus=method == "gradcampp")
-    with torch.no_grad():
-        return occlusion_attribution(network, images, target)
+    with evaluating(network):
+        if isinstance(network, PrototypeNetwork):
+            return _prototype_attribution(network, images, target, class_map, protopnet_map)
+        method = look_up_option(method or "gradcam", CNN_ATTRIBUTIONS)
+        if method in ("gradcam", "gradcampp"):
+            return gradcam_attribution(network, images, target, plus_plus=method == "gradcampp")
+        with torch.no_grad():
+            return occlusion_attribution(network, images, target)

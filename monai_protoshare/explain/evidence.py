@@ -33,9 +33,8 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +44,7 @@ from tqdm import tqdm
 
 from ..data.cases import CLASS_NAMES
 from ..networks import PrototypeNetwork, PrototypeOutput
+from ..networks.modes import evaluating
 from .attribution import prototype_class_maps, upsample_to
 
 __all__ = [
@@ -151,17 +151,6 @@ def _check_prototype_network(network: Any) -> PrototypeNetwork:
     if not isinstance(network, PrototypeNetwork):
         raise ValueError(f"network must be a PrototypeNetwork (prototype evidence); received {type(network).__name__}.")
     return network
-
-
-@contextlib.contextmanager
-def _eval_mode(network: PrototypeNetwork) -> Iterator[PrototypeNetwork]:
-    """Run in eval mode (BN statistics frozen) and restore the caller's mode afterwards."""
-    was_training = network.training
-    network.eval()
-    try:
-        yield network
-    finally:
-        network.train(was_training)
 
 
 def prototype_contributions(class_weights: torch.Tensor, similarities: torch.Tensor) -> torch.Tensor:
@@ -291,7 +280,7 @@ def reference_similarities(
     """
     device = next(_check_prototype_network(network).parameters()).device
     sims, labels = [], []
-    with _eval_mode(network):
+    with evaluating(network):
         for batch in batches:
             images = torch.as_tensor(batch[image_key])
             sims.append(network.explain(images.to(device), online_cam=False).similarities.float().cpu())
@@ -404,7 +393,7 @@ def explain_cases(
     total = network.prototypes.num_prototypes
     if sharedness is not None and tuple(sharedness.shape) != (total,):
         raise ValueError(f"sharedness must be ({total},), one value per prototype; received {tuple(sharedness.shape)}.")
-    with _eval_mode(network):
+    with evaluating(network):
         return _explain(network, images, subject_ids, target, int(top_k), sharedness, labels)
 
 
