@@ -27,7 +27,7 @@ from .options import BundleOptionError, exit_on_option_error
 from .run_info import save_run_info
 from .table1 import write_table
 
-__all__ = ["ModelSpec", "main", "parse_model_spec", "run_crossval"]
+__all__ = ["ModelSpec", "main", "parse_folds", "parse_model_spec", "run_crossval", "run_fold"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,13 +82,14 @@ def run_crossval(
     for spec in specs:
         bundle_root = Path(bundles_dir) / spec.bundle
         for fold in folds:
-            _run_fold(spec, bundle_root, dataset_dir, fold, preset, out)
+            run_fold(spec, bundle_root, dataset_dir, fold, preset, out)
     md, _ = write_table(out)
     logger.info("Table 1 written to %s", md)
     return md
 
 
-def _run_fold(spec: ModelSpec, bundle_root: Path, dataset_dir: str, fold: int, preset: str, out: Path) -> None:
+def run_fold(spec: ModelSpec, bundle_root: Path, dataset_dir: str, fold: int, preset: str, out: Path) -> None:
+    """Train (unless finished) and evaluate one fold of ``spec`` into ``out/<run>/fold<k>/``; finished work is skipped."""
     checkpoint_run = out / (spec.run_of_checkpoints or spec.run)
     configs = ["train.yaml", f"presets/{preset}.yaml", *spec.extra_configs]
     overrides = {"dataset_dir": str(dataset_dir), "output_dir": str(checkpoint_run), "fold": fold}
@@ -112,7 +113,7 @@ def _run_fold(spec: ModelSpec, bundle_root: Path, dataset_dir: str, fold: int, p
     workflow.finalize()
 
 
-def _folds(text: str) -> list[int]:
+def parse_folds(text: str) -> list[int]:
     """``0-4``, ``0,2,3`` or ``3``."""
     if "-" in text:
         a, b = text.split("-")
@@ -124,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset_dir", required=True)
     parser.add_argument("--models", nargs="+", default=["um_protoshare"])
-    parser.add_argument("--folds", type=_folds, default=[0, 1, 2, 3, 4], help="e.g. 0-4, 0,2 or 3")
+    parser.add_argument("--folds", type=parse_folds, default=[0, 1, 2, 3, 4], help="e.g. 0-4, 0,2 or 3")
     parser.add_argument("--preset", default="paper", choices=["paper", "cpu_small"])
     parser.add_argument("--output_dir", default="outputs/cv")
     args = parser.parse_args(argv)

@@ -21,9 +21,9 @@ from pathlib import Path
 
 from monai_protoshare.io import write_text
 
-from .crossval import ModelSpec, _folds, _run_fold
+from .crossval import ModelSpec, parse_folds, run_fold
 from .demo import DEFAULT_BUNDLES_DIR, bundle_workflow
-from .table1 import _fmt, _stats, collect
+from .table1 import collect, format_mean_sd, mean_sd
 
 __all__ = ["main", "render_seg_table", "run_seg_crossval", "write_seg_table"]
 
@@ -65,8 +65,8 @@ def render_seg_table(root: str | Path) -> tuple[str, str]:
     header = ["model", "folds", *(title for _, title, _ in columns)]
     rows = []
     for run, folds in sorted(results.items()):
-        stats = [_stats(_values(folds, key, scale)) for key, _, scale in columns]
-        rows.append([run, str(len(folds)), *(_fmt(stat) for stat in stats)])
+        stats = [mean_sd(_values(folds, key, scale)) for key, _, scale in columns]
+        rows.append([run, str(len(folds)), *(format_mean_sd(stat) for stat in stats)])
     lines = ["## Segmentation (mean ± sd over folds)", "", "| " + " | ".join(header) + " |"]
     lines += ["|" + "---|" * len(header)] + ["| " + " | ".join(row) + " |" for row in rows]
     for run in sorted(results):
@@ -74,7 +74,9 @@ def render_seg_table(root: str | Path) -> tuple[str, str]:
         if curve:
             lines += ["", f"## Pruning curve of {run}: whole-tumour Dice (%) against the fraction removed", ""]
             lines += ["| fraction | Dice WT |", "|---|---|"]
-            lines += [f"| {fraction:.2f} | {_fmt(_stats(values))} |" for fraction, values in sorted(curve.items())]
+            lines += [
+                f"| {fraction:.2f} | {format_mean_sd(mean_sd(values))} |" for fraction, values in sorted(curve.items())
+            ]
     buffer = io.StringIO()
     csv.writer(buffer).writerows([header, *rows])
     return "\n".join(lines) + "\n", buffer.getvalue()
@@ -102,7 +104,7 @@ def run_seg_crossval(
     for bundle in bundles:
         bundle_root = Path(bundles_dir) / bundle
         for fold in folds:
-            _run_fold(ModelSpec(bundle, (), bundle), bundle_root, dataset_dir, fold, preset, out)
+            run_fold(ModelSpec(bundle, (), bundle), bundle_root, dataset_dir, fold, preset, out)
             pruning = out / bundle / f"fold{fold}" / "pruning.json"
             if prune and not pruning.is_file():
                 configs = ["train.yaml", f"presets/{preset}.yaml", "prune.yaml"]
@@ -115,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset_dir")
     parser.add_argument("--bundles", nargs="+", default=["proto_seg", "segresnet"])
-    parser.add_argument("--folds", type=_folds, default=[0, 1, 2, 3, 4], help="e.g. 0-4, 0,2 or 3")
+    parser.add_argument("--folds", type=parse_folds, default=[0, 1, 2, 3, 4], help="e.g. 0-4, 0,2 or 3")
     parser.add_argument("--preset", default="paper", choices=["paper", "cpu_small"])
     parser.add_argument("--output_dir", default="outputs/seg_cv")
     parser.add_argument("--prune", action="store_true", help="also compute each fold's pruning curve")

@@ -20,7 +20,17 @@ from pathlib import Path
 
 from ..io import write_text
 
-__all__ = ["PAPER_TABLE1", "ROWS", "Row", "collect", "render_csv", "render_markdown", "write_table"]
+__all__ = [
+    "PAPER_TABLE1",
+    "ROWS",
+    "Row",
+    "collect",
+    "format_mean_sd",
+    "mean_sd",
+    "render_csv",
+    "render_markdown",
+    "write_table",
+]
 
 
 @dataclass(frozen=True)
@@ -86,16 +96,17 @@ def collect(root: str | Path) -> dict[str, list[dict]]:
     return found
 
 
-def _stats(values: list[float]) -> tuple[float, float] | None:
+def mean_sd(values: list[float]) -> tuple[float, float] | None:
     """Mean and population std (ddof 0, as MProtoNet reports over folds)."""
     return (statistics.fmean(values), statistics.pstdev(values)) if values else None
 
 
 def _summary(folds: list[dict]) -> list[tuple[float, float] | None]:
-    return [_stats([f[k] * scale for f in folds if f.get(k) is not None]) for k, scale in METRICS]
+    return [mean_sd([f[k] * scale for f in folds if f.get(k) is not None]) for k, scale in METRICS]
 
 
-def _fmt(stat: tuple[float, float] | None) -> str:
+def format_mean_sd(stat: tuple[float, float] | None) -> str:
+    """``"0.75 ± 0.18"`` for a :func:`mean_sd` result, ``""`` for None."""
     return "" if stat is None else f"{stat[0]:.2f} ± {stat[1]:.2f}"
 
 
@@ -116,8 +127,8 @@ def _table_rows(results: dict[str, list[dict]]) -> list[list[str]]:
         ours = _summary(results[row.run])
         paper = PAPER_TABLE1.get(row.run)
         rows.append(
-            [row.model, row.ablation, row.design, *(_fmt(s) for s in ours), str(len(results[row.run]))]
-            + ([_fmt(s) for s in paper] if paper else ["", "", ""])
+            [row.model, row.ablation, row.design, *(format_mean_sd(s) for s in ours), str(len(results[row.run]))]
+            + ([format_mean_sd(s) for s in paper] if paper else ["", "", ""])
             + [_attribution_map(results[row.run])]
         )
     return rows
