@@ -4,7 +4,7 @@ For every attention and fusion input of MAProtoNet at a preset (recorded from th
 interleaved timing:
 
 * **gate convolutions**: each of the four pooled (B, 2, ...) maps through the 2 → 1-channel 7³ convolution, as
-  ``F.conv3d`` and as :func:`monai_protoshare.networks.quadruplet_attention.fft_conv3d` (what the gates run on CPU);
+  ``F.conv3d`` and as :func:`monai_protoshare.networks.layers.fft_conv3d` (what the gates run on CPU);
   no-grad forward and forward + backward (input and weight gradients), the largest difference from ``F.conv3d``;
 * **module**: ``formula``, the attention as MAProtoNet writes it (each gate on a permuted view of the input, with
   ``amax``, ``mean``, ``F.conv3d`` and its own product, then the mean of the four), against ``fused``, the
@@ -36,10 +36,9 @@ from bench_common import PRESETS, RESULTS_DIR, interleaved, machine, preset_netw
 
 from monai_protoshare.io import write_json
 from monai_protoshare.networks import MultiScaleFeatureFusion, QuadrupletAttention
-from monai_protoshare.networks.layout import is_channels_last
-from monai_protoshare.networks.quadruplet_attention import fft_conv3d, max_mean_pool
+from monai_protoshare.networks.layers import fft_conv3d, fft_conv3d_reference, is_channels_last, max_mean_pool
 
-CONVOLUTIONS = {"conv3d": lambda x, w: F.conv3d(x, w, padding=w.shape[-1] // 2), "fft": fft_conv3d}
+CONVOLUTIONS = {"conv3d": fft_conv3d_reference, "fft": fft_conv3d}
 LAYOUTS = {True: torch.channels_last_3d, False: torch.contiguous_format}
 LAYOUT_NAMES = {torch.channels_last_3d: "channels-last", torch.contiguous_format: "contiguous"}
 

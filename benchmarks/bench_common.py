@@ -18,7 +18,8 @@ from typing import Any
 
 import torch
 
-from monai_protoshare.networks import build_network, resample
+from monai_protoshare.networks import build_network
+from monai_protoshare.networks.layers import use_reference_kernels
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 BUNDLE_DIR = Path(__file__).resolve().parents[1] / "bundles" / "um_protoshare"
@@ -58,20 +59,20 @@ def preset_network(model: str, preset: str) -> torch.nn.Module:
     return build_network(model, **kwargs)
 
 
-def add_resize_option(parser) -> None:
-    """``--resize``: how the model resizes feature maps on CUDA (the speed-up of ``networks/resample.py``)."""
+def add_kernels_option(parser) -> None:
+    """``--kernels``: the networks' fast kernels or their plain references (``monai_protoshare.networks.layers``)."""
     parser.add_argument(
-        "--resize",
-        choices=("separable", "interpolate"),
-        default="separable",
-        help="CUDA trilinear resizes: separable_resize (default) or F.interpolate (as before the speed-up)",
+        "--kernels",
+        choices=("fast", "reference"),
+        default="fast",
+        help="fast kernels (default) or their plain references: F.interpolate resizes, conv3d gates, aten pooling",
     )
 
 
-def apply_resize_option(args) -> str:
-    """Sets :data:`resample.SEPARABLE_ON_CUDA` from ``--resize``; returns the choice for the results."""
-    resample.SEPARABLE_ON_CUDA = args.resize == "separable"
-    return args.resize
+def apply_kernels_option(args) -> str:
+    """Selects the kernels from ``--kernels`` (:class:`use_reference_kernels`); returns the choice for the results."""
+    use_reference_kernels(args.kernels == "reference")
+    return args.kernels
 
 
 def load_average() -> list[float]:

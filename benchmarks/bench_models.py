@@ -1,36 +1,33 @@
-"""Cost of every model of Table 1 relative to the bare truncated encoder (issue 3 "Benchmark", issue 11 item 1).
+"""Cost of every model of Table 1 relative to the bare truncated encoder (issue 3 "Benchmark", issues 11 and 25).
 
-For each model of :func:`monai_protoshare.networks.model_names` and each preset it measures
+For each model of :func:`monai_protoshare.networks.model_names` it measures, at one or more thread counts
+(``--threads 1,2``) in one process:
 
-- wall time of a no-grad forward (eval mode) and of forward + backward (train mode, cross-entropy on the
-  logits), warm-up round then ``--repeats`` timed rounds; models are interleaved round by round with the
-  bare encoder (ResNet-152 cut after layer2 at the preset's size), and each time ratio is the median over
-  rounds of (model time / encoder time in the same round), so load swings on a shared machine cancel;
-- multiply-accumulates (MAC = FLOPs / 2 of convolutions and matrix products, counted by
-  ``torch.utils.flop_counter.FlopCounterMode`` on the meta device) of the forward and of forward + backward;
-- achieved MAC/s relative to the encoder's: ``(MAC / t) / (MAC_enc / t_enc)``; the goal is >= 0.85;
-- peak memory: growth of the peak resident set (``VmHWM``, reset before the model runs) over a no-grad
-  forward and over forward + backward, each model in a fresh subprocess.
+- the **training step of every stage the model trains**, timed as users run it: the :class:`PrototypeTrainer`'s
+  own ``_iteration`` (forward, the stage's real loss, backward, the optimiser step; its stage entered by the
+  trainer's ``_start_stage``, so trainable groups and module modes are the trainer's), with the losses,
+  learning rates and stage-3 inputs of the model's bundle (``bundles/<model>/configs/train.yaml``; the
+  UM-ProtoShare ablations use ``bundles/um_protoshare``): ``warmup`` (the CNN warm-up), ``latent`` (stage 1,
+  eq. 19) and ``classifier`` (stage 3, eq. 21); a CNN has only ``warmup``;
+- a no-grad eval-mode forward (the evaluator's);
+- the reference: the bare encoder (ResNet-152 cut after layer2 at the preset's size), forward + backward of the
+  mean of its last feature map, and its no-grad forward.
 
-Besides the models, three rows answer what the training stages really compute (issue 11 item 1):
-
-- ``um_protoshare_e2[stage1]``: E2 as stage 1 trains it (decoder, fusion and classifier frozen with
-  ``requires_grad_(False)``, decoder and fusion in eval mode): autograd skips the frozen weights' gradients, but
-  the decoder's input gradients are still needed (the trained encoder lies upstream of it);
-- ``um_protoshare_e2[stage3]``: stage 3 on augmented batches (``classifier_inputs="augmented"``): a no-grad
-  eval-mode forward to the similarities, then the classifier's forward + backward;
-- ``um_protoshare_e2[stage3-cached]``: stage 3 on the push's cached similarities (``classifier_inputs="cached"``):
-  the classifier alone on (B, 30) similarities; nothing before it is recomputed.
-
-Networks and inputs use ``torch.channels_last_3d`` as the trainer and evaluator do (``--memory-format``).
+Rounds are interleaved (round 0 untimed: oneDNN primitives, allocator); each ratio is the median over rounds of
+(time / the encoder's time in the same round at the same thread count), so load swings on a shared machine
+cancel. Multiply-accumulates (MAC = FLOPs / 2 of convolutions and matrix products, ``FlopCounterMode``) are
+counted during round 0 of the first thread count; achieved MAC/s relative to the encoder's is
+``MAC ratio / time ratio`` (goal >= 0.85). ``--memory`` adds the peak-RSS growth of a forward and of one
+training step, each model and stage in a fresh subprocess. Networks and inputs are ``channels_last_3d`` as the
+trainer and evaluator use them (``--memory-format``).
 
 Usage::
 
-    python benchmarks/bench_models.py --preset cpu_small --threads 1
-    python benchmarks/bench_models.py --preset paper --repeats 3 --models encoder,um_protoshare_e2,mprotonet
-    python benchmarks/bench_models.py --preset paper --threads 1 --no-memory --models fpn_iaia_bl --output /tmp/fpn.json
-    python benchmarks/bench_models.py --preset cpu_small --profile um_protoshare_e2
-    python benchmarks/bench_models.py --preset cpu_small --memory-format contiguous --no-memory
+    python benchmarks/bench_models.py --preset cpu_small --threads 1,2
+    python benchmarks/bench_models.py --preset paper --threads 1,2 --repeats 3 --models um_protoshare_e2,mprotonet
+    python benchmarks/bench_models.py --preset paper --models um_protoshare_e2 --stages latent --repeats 3
+    python benchmarks/bench_models.py --quick      # tiny sizes, one round: checks the logic in seconds
+    python benchmarks/bench_models.py --preset cpu_small --profile um_protoshare_e2 --stages latent
 
 Results are merged into ``benchmarks/results/models.json`` (one entry per preset).
 """
@@ -39,149 +36,233 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
+from bench_common import PRESETS, RESULTS_DIR, load_average, machine, preset_network
+from monai.bundle import ConfigParser
 from torch.utils.flop_counter import FlopCounterMode
 
+from monai_protoshare.engines import PrototypeTrainer, TrainingSchedule
+from monai_protoshare.engines.schedule import Stage
 from monai_protoshare.io import write_json
-from monai_protoshare.networks import MODEL_CONFIGURATIONS, ResNetEncoder, build_network, model_names
+from monai_protoshare.networks import MODEL_CONFIGURATIONS, CNNClassifier, ResNetEncoder, model_names
 
-RESULTS = Path(__file__).resolve().parent / "results" / "models.json"
+RESULTS = RESULTS_DIR / "models.json"
+BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
 ENCODER = "encoder"
-STAGE1 = "um_protoshare_e2[stage1]"
-STAGE3 = "um_protoshare_e2[stage3]"
-STAGE3_CACHED = "um_protoshare_e2[stage3-cached]"
-STAGE_ROWS = (STAGE1, STAGE3, STAGE3_CACHED)
-MEMORY_FORMATS = {"channels_last": torch.channels_last_3d, "contiguous": torch.contiguous_format}
 ALIAS = "um_protoshare"
+STAGES = tuple(s.value for s in Stage)  # warmup, latent, classifier
+MEMORY_FORMATS = {"channels_last": torch.channels_last_3d, "contiguous": torch.contiguous_format}
 GOAL = 0.85
+#: CPU batch of each preset (the bundles' GPU batch of 32 does not fit a CPU benchmark)
+BATCH = {"paper": 1, "cpu_small": 8, "tiny": 2}
+#: the trainer's keyword arguments read from the bundle (everything but data, network, schedule and handlers)
+TRAINER_OPTIONS = (
+    "latent_loss",
+    "classifier_loss",
+    "warmup_lr",
+    "warmup_weight_decay",
+    "latent_lr",
+    "latent_weight_decay",
+    "lr_warmup_epochs",
+    "classifier_lr",
+    "mask_shift_lr_factor",
+    "classifier_inputs",
+    "seed",
+)
 
-# DESIGN §4; MAProtoNet's encoder is cut after layer1 (one residual stage)
-PRESETS: dict[str, dict[str, Any]] = {
-    "paper": {
-        "batch": 1,
-        "size": (128, 128, 96),
-        "overrides": {},
-        "single_stage": {"encoder_layers": (3,), "encoder_widths": (64,)},
-    },
-    "cpu_small": {
-        "batch": 8,
-        "size": (64, 64, 48),
-        "overrides": {"encoder_layers": (1, 1), "encoder_widths": (16, 32), "embedding_dim": 32},
-        "single_stage": {"encoder_layers": (1,), "encoder_widths": (16,)},
-    },
-}
+
+def bundle_dir(model: str) -> Path:
+    """The bundle that trains ``model``: ``bundles/<model>``, or ``bundles/um_protoshare`` for its ablations."""
+    own = BUNDLES / model
+    return own if (own / "configs" / "train.yaml").is_file() else BUNDLES / ALIAS
 
 
-class Workload:
-    """One benchmarked network: a model of the family, the bare encoder, or E2 as one training stage runs it."""
+def trainer_options(model: str) -> dict[str, Any]:
+    """The :class:`PrototypeTrainer` arguments of :data:`TRAINER_OPTIONS` the model's bundle sets, as it parses
+    them (its loss objects with their coefficients, learning rates, ``classifier_inputs``)."""
+    parser = ConfigParser()
+    parser.read_config(str(bundle_dir(model) / "configs" / "train.yaml"))
+    given = parser.get("train#trainer")
+    return {key: parser.get_parsed_content(f"train#trainer#{key}") for key in TRAINER_OPTIONS if key in given}
 
-    def __init__(self, name: str, preset: str, memory_format: str = "channels_last") -> None:
-        self.name, self.preset, self.memory_format = name, preset, memory_format
-        self.model, _, variant = name.partition("[")
-        self.stage = variant.rstrip("]")
-        cfg = PRESETS[preset]
-        self.input_shape = (cfg["batch"], 4, *cfg["size"])
 
-    def build(self) -> torch.nn.Module:
-        cfg = PRESETS[self.preset]
-        overrides = dict(cfg["overrides"])
-        if self.name == ENCODER:
-            net = ResNetEncoder(
-                layers=overrides.get("encoder_layers", (3, 8)), widths=overrides.get("encoder_widths", (64, 128))
-            )
-            return net.to(memory_format=MEMORY_FORMATS[self.memory_format])
-        if self.name == "maprotonet":
-            overrides.update(cfg["single_stage"])
-        net = build_network(self.model, **overrides)
-        trained = {"stage1": ("encoder", "add_ons", "mapping", "prototypes"), "": None}.get(self.stage, ("classifier",))
-        if trained is not None:  # the trainer's TRAINABLE_GROUPS of that stage
-            for group, params in net.parameter_groups().items():
-                for p in params:
-                    p.requires_grad_(group in trained)
-        return net.to(memory_format=MEMORY_FORMATS[self.memory_format])
+def stages_of(model: str) -> tuple[str, ...]:
+    """The stages the model trains: the warm-up only for the CNN, all three for a prototype network."""
+    return ("warmup",) if MODEL_CONFIGURATIONS.get(model) is MODEL_CONFIGURATIONS["cnn"] else STAGES
 
-    def prepare(self, net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """The tensor this workload consumes: the images, or for stage 3 on cached inputs their similarities."""
-        if self.stage != "stage3-cached":
-            return x.contiguous(memory_format=MEMORY_FORMATS[self.memory_format])
+
+def random_batch(preset: str, seed: int = 0) -> dict[str, Any]:
+    """One batch of the preset's CPU size: random images (B, 4, H, W, D), labels alternating 0, 1."""
+    g = torch.Generator().manual_seed(seed)
+    batch = BATCH[preset]
+    images = torch.randn(batch, 4, *PRESETS[preset]["spatial_size"], generator=g)
+    return {"image": images, "label": torch.arange(batch) % 2, "subject_id": [f"case{j}" for j in range(batch)]}
+
+
+class ModelBench:
+    """One model at one preset: its network, a trainer of the bundle's options, and the timed callables."""
+
+    def __init__(self, model: str, preset: str, memory_format: str = "channels_last") -> None:
+        self.model, self.preset = model, preset
+        torch.manual_seed(0)
+        self.batch = random_batch(preset)
+        self.net = preset_network(model, preset)
+        layout = MEMORY_FORMATS[memory_format]
+        self.images = self.batch["image"].contiguous(memory_format=layout)
+        prototypes = int(not isinstance(self.net, CNNClassifier))  # one epoch of each stage: epochs 1, 2, 3
+        self.trainer = PrototypeTrainer(
+            "cpu",
+            self.net,
+            [self.batch],
+            TrainingSchedule(warmup_epochs=1, latent_epochs=prototypes, push_interval=1, classifier_epochs=prototypes),
+            push_data_loader=[self.batch] if prototypes else None,
+            channels_last=layout is torch.channels_last_3d,
+            **trainer_options(model),
+        )
+
+    def step(self) -> dict[str, Any]:
+        """One trainer iteration of the stage :meth:`enter` put the trainer in (its output dict)."""
+        return self.trainer._iteration(self.trainer, self.batch)
+
+    def enter(self, stage: str) -> None:
+        """Put the trainer in ``stage`` as its ``EPOCH_STARTED`` handler does (groups, modes, data source)."""
+        self.trainer.state.epoch = 1 + STAGES.index(stage)
+        self.trainer._start_stage(self.trainer)
+        if self.trainer.state.stage.value != stage:
+            raise RuntimeError(f"{self.model}: epoch {self.trainer.state.epoch} is {self.trainer.state.stage}")
+
+    def forward(self) -> None:
+        """A no-grad eval-mode forward (the evaluator's)."""
+        self.net.eval()
         with torch.no_grad():
-            return net.eval().explain(x, online_cam=False).similarities
-
-    def set_mode(self, net: torch.nn.Module, training: bool) -> None:
-        """Module modes of a no-grad forward (eval) or of one training step of this workload's stage."""
-        net.train(training and not self.stage.startswith("stage3"))
-        if training and self.stage == "stage1":
-            for frozen in (net.backbone.decoder, net.backbone.fusions):
-                frozen.eval()
-
-    def run(self, net: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-        """Output of a forward: encoder scales, logits, or the classifier's logits on cached similarities."""
-        if self.stage == "stage3-cached":
-            return net.classifier(inputs)
-        return net(inputs)
-
-    def loss(self, net: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-        if self.name == ENCODER:
-            return net(inputs)[-1].mean()
-        if self.stage == "stage3":
-            with torch.no_grad():
-                inputs = net.explain(inputs, online_cam=False).similarities
-        logits = net.classifier(inputs) if self.stage.startswith("stage3") else net(inputs)
-        return F.cross_entropy(logits, torch.arange(inputs.shape[0]) % logits.shape[1])
+            self.net(self.images)
 
 
-def forward(work: Workload, net: torch.nn.Module, inputs: torch.Tensor) -> float:
-    """Seconds of one no-grad eval-mode forward."""
-    work.set_mode(net, training=False)
-    start = time.perf_counter()
-    with torch.no_grad():
-        work.run(net, inputs)
-    return time.perf_counter() - start
+class EncoderBench:
+    """The reference: the bare truncated encoder at the preset's size."""
+
+    def __init__(self, preset: str, memory_format: str = "channels_last") -> None:
+        network = PRESETS[preset]["network"]
+        layout = MEMORY_FORMATS[memory_format]
+        torch.manual_seed(0)
+        self.net = ResNetEncoder(layers=network["encoder_layers"], widths=network["encoder_widths"])
+        self.net.to(memory_format=layout)
+        self.images = random_batch(preset)["image"].contiguous(memory_format=layout)
+
+    def train(self) -> None:
+        self.net.train().zero_grad(set_to_none=True)
+        self.net(self.images)[-1].mean().backward()
+
+    def forward(self) -> None:
+        self.net.eval()
+        with torch.no_grad():
+            self.net(self.images)
 
 
-def forward_backward(work: Workload, net: torch.nn.Module, inputs: torch.Tensor) -> float:
-    """Seconds of one forward + backward in the workload's training modes (gradients cleared first, untimed)."""
-    work.set_mode(net, training=True)
-    net.zero_grad(set_to_none=True)
-    start = time.perf_counter()
-    work.loss(net, inputs).backward()
-    return time.perf_counter() - start
+def _macs(fn: Callable[[], Any]) -> tuple[float, float]:
+    """(seconds, MAC) of one call of ``fn`` under ``FlopCounterMode``."""
+    with FlopCounterMode(display=False) as counter:
+        start = time.perf_counter()
+        fn()
+        seconds = time.perf_counter() - start
+    return seconds, counter.get_total_flops() / 2
 
 
-def count_macs(work: Workload) -> tuple[float, float]:
-    """(forward MAC, forward + backward MAC), counted on the meta device (no arithmetic is done)."""
-    with torch.device("meta"):
-        net = work.build()
-        inputs = work.prepare(net, torch.empty(work.input_shape))
-        work.set_mode(net, training=False)
-        with FlopCounterMode(display=False) as fwd_counter, torch.no_grad():
-            work.run(net, inputs)
-        work.set_mode(net, training=True)
-        with FlopCounterMode(display=False) as fb_counter:
-            work.loss(net, inputs).backward()
-    return fwd_counter.get_total_flops() / 2, fb_counter.get_total_flops() / 2
+def run_preset(
+    preset: str, models: list[str], stages: list[str], threads: list[int], repeats: int, memory_format: str
+) -> dict[str, Any]:
+    """Interleaved timings of the encoder and every (model, stage) at each thread count; returns the JSON entry."""
+    encoder = EncoderBench(preset, memory_format)
+    benches = {m: ModelBench(m, preset, memory_format) for m in models}
+    runs: dict[str, tuple[Callable[[], None] | None, Callable[[], Any]]] = {
+        f"{ENCODER}[train]": (None, encoder.train),
+        f"{ENCODER}[forward]": (None, encoder.forward),
+    }
+    for m, bench in benches.items():
+        for stage in (s for s in stages_of(m) if s in stages):
+            runs[f"{m}[{stage}]"] = (lambda b=bench, s=stage: b.enter(s), bench.step)
+        runs[f"{m}[forward]"] = (None, bench.forward)
+    macs: dict[str, float] = {}
+    times: dict[int, dict[str, list[float]]] = {t: {name: [] for name in runs} for t in threads}
+    for t in threads:
+        torch.set_num_threads(t)
+        for round_ in range(repeats + 1):  # round 0 warms up (and counts MACs once)
+            for name, (setup, fn) in runs.items():
+                if setup is not None:
+                    setup()
+                if round_ == 0 and name not in macs:
+                    _, macs[name] = _macs(fn)
+                    continue
+                start = time.perf_counter()
+                fn()
+                if round_:
+                    times[t][name].append(time.perf_counter() - start)
+            print(f"[{preset}] {t} thread(s): round {round_}/{repeats}, load {load_average()[0]:.2f}", file=sys.stderr)
+    rows = []
+    for name in runs:
+        reference = f"{ENCODER}[forward]" if name.endswith("[forward]") else f"{ENCODER}[train]"
+        row: dict[str, Any] = {"run": name, "mac": macs[name]}
+        for t in threads:
+            own, ref = times[t][name], times[t][reference]
+            ratios = [a / b for a, b in zip(own, ref, strict=True)]
+            ratio = statistics.median(ratios)
+            row[f"t{t}"] = {
+                "median_s": statistics.median(own),
+                "times_s": own,
+                "ratio": ratio,
+                "ratio_range": [min(ratios), max(ratios)],
+                "mac_per_s_ratio": (macs[name] / macs[reference]) / ratio,
+            }
+        rows.append(row)
+    return {
+        "preset": preset,
+        "input": list(encoder.images.shape),
+        "repeats": repeats,
+        "threads": threads,
+        "memory_format": memory_format,
+        "machine": machine(),
+        "reference": {"train": f"{ENCODER}[train]", "forward": f"{ENCODER}[forward]"},
+        "goal_mac_per_s_ratio": GOAL,
+        "rows": rows,
+    }
 
 
-def measure_memory(work: Workload, threads: int) -> dict[str, float]:
-    """Peak-RSS growth in MiB of a no-grad forward and of forward + backward, in a fresh subprocess."""
-    cmd = [sys.executable, __file__, "--_memory", work.name, "--preset", work.preset, "--threads", str(threads)]
-    cmd += ["--memory-format", work.memory_format]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+def format_table(entry: dict[str, Any]) -> str:
+    """Markdown table: per run its GMAC, and per thread count seconds, × encoder (min-max) and MAC/s × encoder."""
+    threads = entry["threads"]
+    head = "| run | GMAC | " + " | ".join(f"{t} thr s | × enc (range) | MAC/s × enc" for t in threads) + " |"
+    lines = [head, "|" + "---|" * (1 + 1 + 3 * len(threads))]
+    for r in entry["rows"]:
+        cells = [r["run"], f"{r['mac'] / 1e9:.3g}"]
+        for t in threads:
+            m = r[f"t{t}"]
+            cells += [
+                f"{m['median_s']:.3f}",
+                f"{m['ratio']:.2f} ({m['ratio_range'][0]:.2f}-{m['ratio_range'][1]:.2f})",
+                f"{m['mac_per_s_ratio']:.2f}",
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ peak memory, in fresh subprocesses
+def measure_memory(model: str, stage: str, preset: str, threads: int, memory_format: str) -> dict[str, float]:
+    """Peak-RSS growth in MiB of a no-grad forward and of one trainer step of ``stage``, in a fresh subprocess."""
+    cmd = [sys.executable, __file__, "--_memory", f"{model}[{stage}]", "--preset", preset, "--threads", str(threads)]
+    done = subprocess.run(cmd + ["--memory-format", memory_format], capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def _status_mib(field: str) -> float:
-    """``VmRSS`` / ``VmHWM`` of this process in MiB (Linux). ``ru_maxrss`` would not do: a child started by
-    fork + exec inherits the parent's peak."""
+    """``VmRSS`` / ``VmHWM`` of this process in MiB (Linux; ``ru_maxrss`` would include the parent's peak)."""
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith(field + ":"):
@@ -189,183 +270,100 @@ def _status_mib(field: str) -> float:
     raise KeyError(f"/proc/self/status has no {field}")
 
 
-def _memory_child(name: str, preset: str, memory_format: str) -> None:
+def _memory_child(run: str, preset: str, memory_format: str) -> None:
     """Body of the subprocess of :func:`measure_memory`; prints one JSON line."""
-    work = Workload(name, preset, memory_format)
-    torch.manual_seed(0)
-    net = work.build()
-    inputs = work.prepare(net, torch.randn(work.input_shape))
+    model, _, stage = run.partition("[")
+    stage = stage.rstrip("]")
+    bench = ModelBench(model, preset, memory_format)
+    bench.enter(stage)
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset VmHWM to the current RSS: import-time peaks must not mask the model's
     base = _status_mib("VmRSS")
-    forward(work, net, inputs)
+    bench.forward()
     after_forward = _status_mib("VmHWM")
-    forward_backward(work, net, inputs)
-    print(json.dumps({"forward_mib": after_forward - base, "train_mib": _status_mib("VmHWM") - base, "base_mib": base}))
+    bench.enter(stage)
+    bench.step()
+    print(json.dumps({"forward_mib": after_forward - base, "step_mib": _status_mib("VmHWM") - base}))
 
 
-def profile(work: Workload, rows: int = 15) -> None:
-    """Print the operators taking the most time in a forward and in a forward + backward."""
-    torch.manual_seed(0)
-    net = work.build()
-    x = work.prepare(net, torch.randn(work.input_shape))
-    forward(work, net, x)
-    forward_backward(work, net, x)
-    for label, run in (
-        ("forward", lambda: forward(work, net, x)),
-        ("forward+backward", lambda: forward_backward(work, net, x)),
-    ):
-        with torch.profiler.profile() as prof:
-            run()
-        print(f"\n## {work.name} [{work.preset}] {label}")
-        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
+def profile(model: str, stage: str, preset: str, memory_format: str, rows: int = 20) -> None:
+    """Print the operators taking the most time in one trainer step of ``stage``."""
+    bench = ModelBench(model, preset, memory_format)
+    bench.enter(stage)
+    bench.step()
+    with torch.profiler.profile() as prof:
+        bench.step()
+    print(f"\n## {model} [{preset}] {stage} step, {torch.get_num_threads()} thread(s)")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
 
 
-def run_preset(
-    preset: str, names: list[str], repeats: int, threads: int, memory: bool, memory_format: str = "channels_last"
-) -> dict[str, Any]:
-    """Interleaved timing of ``names`` (the encoder first), MAC counts and memory; returns the JSON entry."""
-    works = [Workload(n, preset, memory_format) for n in names]
-    torch.manual_seed(0)
-    nets = {w.name: w.build() for w in works}
-    x = torch.randn(works[0].input_shape)
-    inputs = {w.name: w.prepare(nets[w.name], x) for w in works}
-    times: dict[str, dict[str, list[float]]] = {w.name: {"forward": [], "train": []} for w in works}
-    for round_ in range(repeats + 1):  # round 0 warms up (oneDNN primitives, allocator)
-        for w in works:
-            t_fwd = forward(w, nets[w.name], inputs[w.name])
-            t_fb = forward_backward(w, nets[w.name], inputs[w.name])
-            if round_:
-                times[w.name]["forward"].append(t_fwd)
-                times[w.name]["train"].append(t_fb)
-        print(f"[{preset}] round {round_}/{repeats} done", file=sys.stderr, flush=True)
-    rows = []
-    for w in works:
-        mac_fwd, mac_fb = count_macs(w)
-        row = {
-            "model": w.name,
-            "params": sum(p.numel() for p in nets[w.name].parameters()),
-            "mac_forward": mac_fwd,
-            "mac_train": mac_fb,
-            "forward_s": statistics.median(times[w.name]["forward"]),
-            "train_s": statistics.median(times[w.name]["train"]),
-            "forward_runs_s": times[w.name]["forward"],
-            "train_runs_s": times[w.name]["train"],
-        }
-        if memory:
-            row.update(measure_memory(w, threads))
-        rows.append(row)
-    add_ratios(rows)
-    return {
-        "preset": preset,
-        "input": list(works[0].input_shape),
-        "repeats": repeats,
-        "threads": threads,
-        "memory_format": memory_format,
-        "torch": torch.__version__,
-        "machine": platform.processor() or platform.machine(),
-        "load_average": list(_load_average()),
-        "reference": ENCODER,
-        "goal_mac_per_s_ratio": GOAL,
-        "rows": rows,
-    }
-
-
-def add_ratios(rows: list[dict[str, Any]]) -> None:
-    """Ratios to the encoder (``rows[0]``): time = median over rounds of the same-round time ratio (load swings
-    between rounds cancel), MAC = MAC ratio, achieved MAC/s = MAC ratio / time ratio."""
-    ref = rows[0]
-    for row in rows:
-        for kind in ("forward", "train"):
-            pairs = zip(row[f"{kind}_runs_s"], ref[f"{kind}_runs_s"], strict=True)
-            time_ratio = statistics.median(t / t_ref for t, t_ref in pairs)
-            mac_ratio = row[f"mac_{kind}"] / ref[f"mac_{kind}"]
-            row[f"{kind}_time_ratio"] = time_ratio
-            row[f"{kind}_mac_ratio"] = mac_ratio
-            row[f"{kind}_mac_per_s_ratio"] = mac_ratio / time_ratio
-
-
-def _load_average() -> tuple[float, float, float]:
-    try:
-        with open("/proc/loadavg") as f:
-            return tuple(float(v) for v in f.read().split()[:3])
-    except OSError:
-        return (float("nan"),) * 3
-
-
-def format_table(entry: dict[str, Any]) -> str:
-    """Markdown table of one preset's results."""
-    head = (
-        "| model | GMAC fwd | GMAC f+b | MAC × enc | fwd s | fwd × enc | fwd MAC/s × enc | f+b s | f+b × enc "
-        "| f+b MAC/s × enc | ΔRSS fwd MiB | ΔRSS f+b MiB |"
-    )
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for r in entry["rows"]:
-        below = min(r["forward_mac_per_s_ratio"], r["train_mac_per_s_ratio"]) < GOAL
-        flag = " ⚠" if below and r["model"] != STAGE3_CACHED else ""  # MAC/s of a (B, 30) x (30, 2) product: n/a
-        lines.append(
-            f"| {r['model']}{flag} | {r['mac_forward'] / 1e9:.2f} | {r['mac_train'] / 1e9:.2f} | "
-            f"{r['forward_mac_ratio']:.2f} | {r['forward_s']:.3f} | {r['forward_time_ratio']:.2f} | "
-            f"{r['forward_mac_per_s_ratio']:.2f} | {r['train_s']:.3f} | {r['train_time_ratio']:.2f} | "
-            f"{r['train_mac_per_s_ratio']:.2f} | {r.get('forward_mib', float('nan')):.0f} | "
-            f"{r.get('train_mib', float('nan')):.0f} |"
-        )
-    return "\n".join(lines)
-
-
-def _default_models() -> list[str]:
-    """The encoder, every model name but the alias ``um_protoshare`` (E2's configuration), E2's stage rows."""
-    assert MODEL_CONFIGURATIONS[ALIAS] is MODEL_CONFIGURATIONS["um_protoshare_e2"]
-    return [ENCODER, *(n for n in model_names() if n != ALIAS), *STAGE_ROWS]
-
-
-def _parse_models(text: str | None) -> list[str]:
-    valid = [ENCODER, *model_names(), *STAGE_ROWS]
-    names = _default_models() if text is None else [n.strip() for n in text.split(",") if n.strip()]
+# ------------------------------------------------------------------ command line
+def _parse_list(text: str | None, valid: list[str], option: str, default: list[str]) -> list[str]:
+    names = default if text is None else [n.strip() for n in text.split(",") if n.strip()]
     unknown = sorted(set(names) - set(valid))
     if unknown:
-        raise ValueError(f"--models: unknown {unknown}; valid: {valid}.")
-    return [ENCODER] + [n for n in dict.fromkeys(names) if n != ENCODER]
+        raise SystemExit(f"{option}: unknown {unknown}; valid: {valid}.")
+    return list(dict.fromkeys(names))
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", choices=["paper", "cpu_small", "both"], default="cpu_small")
+    parser.add_argument("--preset", choices=sorted(BATCH), default="cpu_small")
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds after one warm-up round (median)")
-    parser.add_argument(
-        "--models", help=f"comma-separated subset of: {ENCODER}, model names, {', '.join(STAGE_ROWS)} (default: all)"
-    )
+    parser.add_argument("--models", help="comma-separated model names (default: all but the alias um_protoshare)")
+    parser.add_argument("--stages", help=f"comma-separated subset of {', '.join(STAGES)} (default: all)")
+    parser.add_argument("--threads", default="1,2", help="comma-separated torch intra-op thread counts")
     parser.add_argument("--memory-format", choices=sorted(MEMORY_FORMATS), default="channels_last")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
-    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
-    parser.add_argument("--profile", help="print the top operators of these comma-separated models instead")
+    parser.add_argument(
+        "--memory",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="peak-RSS subprocesses (first thread count)",
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny preset, one round, E2 and MProtoNet: a smoke test")
+    parser.add_argument("--profile", action="store_true", help="print the top operators of each model and stage")
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--_memory", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.quick:
+        args.preset, args.repeats = "tiny", 1
+        args.models = args.models or "um_protoshare_e2,mprotonet"
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
-    torch.set_num_threads(args.threads)
-    presets = ["paper", "cpu_small"] if args.preset == "both" else [args.preset]
+    try:
+        threads = [int(t) for t in args.threads.split(",")]
+    except ValueError:
+        parser.error(f"--threads takes comma-separated integers; got {args.threads!r}")
+    torch.set_num_threads(threads[0])
     if args._memory:
         _memory_child(args._memory, args.preset, args.memory_format)
-        return
+        return 0
+    default_models = [m for m in model_names() if m != ALIAS]
+    models = _parse_list(args.models, model_names(), "--models", default_models)
+    stages = _parse_list(args.stages, list(STAGES), "--stages", list(STAGES))
     if args.profile:
-        for preset in presets:
-            for name in _parse_models(args.profile)[args.profile.split(",")[0].strip() != ENCODER :]:
-                profile(Workload(name, preset, args.memory_format))
-        return
-    names = _parse_models(args.models)
+        for t in threads:
+            torch.set_num_threads(t)
+            for m in models:
+                for stage in (s for s in stages_of(m) if s in stages):
+                    profile(m, stage, args.preset, args.memory_format)
+        return 0
+    entry = run_preset(args.preset, models, stages, threads, args.repeats, args.memory_format)
+    if args.memory:
+        for row in entry["rows"]:
+            model, _, stage = row["run"].partition("[")
+            if model != ENCODER and stage.rstrip("]") in STAGES:
+                row.update(measure_memory(model, stage.rstrip("]"), args.preset, threads[0], args.memory_format))
     results = json.loads(args.output.read_text()) if args.output.is_file() else {}
-    for preset in presets:
-        entry = run_preset(preset, names, args.repeats, args.threads, not args.no_memory, args.memory_format)
-        results[preset] = entry
-        write_json(args.output, results)
-        print(
-            f"\n### {preset}: input {entry['input']}, {args.threads} thread(s), {args.memory_format}, median of "
-            f"{args.repeats}, load average {entry['load_average']}"
-        )
-        print(format_table(entry))
+    results[args.preset] = entry
+    write_json(args.output, results)
+    print(
+        f"\n### {args.preset}: input {entry['input']}, threads {threads}, {args.memory_format}, median of "
+        f"{args.repeats} rounds (ratio range over rounds), load average {entry['machine']['load_average']}"
+    )
+    print(format_table(entry))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -6,7 +6,7 @@ recorded from one real forward pass of the model, then each is timed, interleave
 * ``interpolate``: ``F.interpolate(mode="trilinear")`` as the model called it before (on CUDA under bf16 autocast,
   which runs it in fp32 on contiguous tensors);
 * ``interpolate_native`` (CUDA only): ``F.interpolate`` with autocast off, in the tensor's own dtype;
-* ``separable``: :func:`monai_protoshare.networks.resample.separable_resize` (dtype and memory format kept).
+* ``separable``: :func:`monai_protoshare.networks.layers.separable_resize` (dtype and memory format kept).
 
 It also reports each implementation's largest difference from the fp32 ``F.interpolate``, relative to the
 output's scale. Usage::
@@ -26,38 +26,47 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from bench_common import PRESETS, RESULTS_DIR, interleaved, machine, preset_network, print_table
+from torch.overrides import TorchFunctionMode
 
 from monai_protoshare.io import write_json
 from monai_protoshare.losses import MappingLoss
-from monai_protoshare.networks import resample
+from monai_protoshare.networks.layers import is_channels_last, separable_resize, use_reference_kernels
+
+
+class TrilinearResizes(TorchFunctionMode):
+    """Records the input and arguments of every trilinear ``F.interpolate`` run while it is active.
+
+    Under the reference kernels every ``resize_trilinear`` of the networks and losses is such a call.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[dict] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.interpolate and kwargs.get("mode") == "trilinear":
+            t = args[0]
+            self.calls.append(
+                {
+                    "shape": list(t.shape[1:]),
+                    "dtype": t.dtype,
+                    "channels_last": is_channels_last(t),
+                    "size": [int(n) for n in kwargs["size"]],
+                    "align_corners": bool(kwargs.get("align_corners")),
+                }
+            )
+        return func(*args, **kwargs)
 
 
 def record_calls(model: str, preset: str, device: torch.device) -> list[dict]:
     """The resizes of one forward pass plus mapping loss at batch 1: input shape, dtype, layout, size, corners."""
     net = preset_network(model, preset).to(device).to(memory_format=torch.channels_last_3d)
     x = torch.randn(1, 4, *PRESETS[preset]["spatial_size"], device=device).to(memory_format=torch.channels_last_3d)
-    calls, original = [], resample.resize_trilinear
-
-    def recording(t, size, align_corners=False):
-        calls.append(
-            {
-                "shape": list(t.shape[1:]),
-                "dtype": t.dtype,
-                "channels_last": not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last_3d),
-                "size": [int(n) for n in size],
-                "align_corners": align_corners,
-            }
-        )
-        return original(t, size, align_corners)
-
-    resample.resize_trilinear = recording  # every call site looks it up in the module
-    try:
-        amp = torch.autocast("cuda", torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-        with torch.no_grad(), amp:
-            MappingLoss()(net, net.explain(x))
-    finally:
-        resample.resize_trilinear = original
-    return calls
+    amp = torch.autocast("cuda", torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    with torch.no_grad(), amp, use_reference_kernels(), TrilinearResizes() as resizes:
+        MappingLoss()(net, net.explain(x))
+    return resizes.calls
 
 
 def implementations(device: torch.device) -> dict:
@@ -70,7 +79,7 @@ def implementations(device: torch.device) -> dict:
         with torch.autocast("cuda", enabled=False):
             return F.interpolate(x, size=size, mode="trilinear", align_corners=corners)
 
-    impls = {"interpolate": interpolate, "separable": resample.separable_resize}
+    impls = {"interpolate": interpolate, "separable": separable_resize}
     if device.type == "cuda":
         impls["interpolate_native"] = native
     return impls

@@ -41,8 +41,8 @@ import torch.nn.functional as F
 from bench_common import (
     PRESETS,
     RESULTS_DIR,
-    add_resize_option,
-    apply_resize_option,
+    add_kernels_option,
+    apply_kernels_option,
     machine,
     preset_network,
     print_table,
@@ -254,9 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, default=420.0, help="skip models not started within this time")
     parser.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes, 1 step: checks the logic only")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "schedule.json")
-    add_resize_option(parser)
+    add_kernels_option(parser)
     args = parser.parse_args(argv)
-    resize = apply_resize_option(args)
+    kernels = apply_kernels_option(args)
     start = time.perf_counter()
     if args.dry_run:
         args.device, args.preset, args.steps, args.warm_steps, args.push_cases = "cpu", "tiny", 1, 1, 4
@@ -311,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         "preset": args.preset,
         "amp_bf16": device.type == "cuda" and not args.no_amp,
         "channels_last": not args.contiguous,
-        "resize": resize,
+        "kernels": kernels,
         "steps": args.steps,
         "warm_steps": args.warm_steps,
         "machine": info,
@@ -323,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     write_json(args.out, entry)
     title = (
         f"### {'DRY RUN (CPU, tiny sizes: not the GPU numbers) — ' if args.dry_run else ''}{info['device_name']}, "
-        f"preset {args.preset}, bf16 autocast {entry['amp_bf16']}, channels_last {entry['channels_last']}, resize {resize}"
+        f"preset {args.preset}, bf16 autocast {entry['amp_bf16']}, channels_last {entry['channels_last']}, kernels {kernels}"
     )
     print_table(
         rows,

@@ -25,6 +25,7 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output root (BraTS-2020 layout)")
     parser.add_argument("--spacing", type=float, default=1.5, choices=(1.5, 1.0), help="output spacing in mm")
     parser.add_argument("--backend", default="simpleitk", choices=BACKENDS, help="registration engine")
+    parser.add_argument("--bias-correction", action="store_true", help="N4-correct the images registration sees")
     parser.add_argument(
         "--skull-strip",
         default="auto",
@@ -38,6 +39,7 @@ def _options(args: argparse.Namespace, **extra: object) -> PrepOptions:
     return PrepOptions(
         spacing=args.spacing,
         backend=args.backend,
+        bias_correction=args.bias_correction,
         skull_strip=_SKULL_STRIP[args.skull_strip],
         threads=args.threads,
         **extra,

@@ -3,12 +3,15 @@
 Steps (the BraTS pipeline's order, CaPTk/FeTS ``BraTSPipeline``):
 
 1. read the four sequences (a DICOM study converted by :mod:`data_prep.dicom_ingest`, or four NIfTI files);
-2. optional skull stripping of the native T1-CE (:mod:`data_prep.skull_strip`; on by default for DICOM);
-3. T1-CE -> SRI24 atlas, rigid, initialised on the brains' centres of mass; T1, T2, FLAIR -> T1-CE, rigid,
-   initialised by the scanner coordinates (one session) (:mod:`data_prep.registration`);
+2. optional skull stripping of the native T1 (:mod:`data_prep.skull_strip`; on by default for DICOM);
+3. T1 (:data:`REFERENCE`, the atlas's contrast; skull-stripped when step 2 ran) -> SRI24 atlas, rigid,
+   initialised on the brains' centres of mass; T1-CE, T2, FLAIR -> T1, rigid, initialised by the scanner
+   coordinates (one session); optional N4 bias correction of the working images
+   (:func:`data_prep.registration.register_sequences`);
 4. compose the transforms and resample each sequence once onto the SRI24 grid at 1.5 mm or 1 mm
    (linear), apply the brain mask to all four;
-5. quality check (:mod:`data_prep.quality`): the case fails loudly when a registration clearly failed;
+5. quality checks (:mod:`data_prep.quality`): brain-mask Dice of the T1 with the atlas, foreground Dice and
+   NMI agreement of every sequence with the T1; the case fails loudly when a registration clearly failed;
 6. write ``<subject>_{t1,t1ce,t2,flair}.nii.gz`` (float32) and ``<subject>_data_prep.json`` into a hidden
    folder, then rename it to ``<out>/<subject>`` (:mod:`data_prep.brats_layout`).
 
@@ -47,15 +50,17 @@ from data_prep.quality import (
     check_sequence_agreement,
     check_sequence_alignment,
 )
-from data_prep.registration import BACKENDS, register_rigid
+from data_prep.registration import BACKENDS, register_sequences
 from monai_protoshare.data.cases import SEQUENCES
 from monai_protoshare.io import write_json
 
-__all__ = ["RECORD_FORMAT", "PrepOptions", "prepare_dicom_study", "prepare_nifti_case"]
+__all__ = ["RECORD_FORMAT", "REFERENCE", "PrepOptions", "prepare_dicom_study", "prepare_nifti_case"]
 
 logger = logging.getLogger(__name__)
 
 RECORD_FORMAT = "monai_protoshare.data_prep.case/1"
+#: The sequence registered to the atlas (the atlas's contrast); the others are registered to it.
+REFERENCE = "t1"
 #: What the record's matrices mean.
 CONVENTION = (
     "Physical coordinates are LPS millimetres (DICOM/ITK). 'output_to_original_lps' is a 4x4 matrix M mapping a "
@@ -71,13 +76,14 @@ class PrepOptions:
 
     Attributes:
         spacing: output spacing in mm: 1.5 (the model's grid, 160 x 160 x 103) or 1.0 (BraTS, 240 x 240 x 155).
-        backend: ``"simpleitk"`` (default) or ``"greedy"`` (needs ``picsl-greedy``).
+        backend: ``"simpleitk"`` (default), ``"greedy"`` (needs ``picsl-greedy``) or ``"ants"`` (needs ``antspyx``).
+        bias_correction: N4-correct the working images before registration (the output is not corrected).
         skull_strip: run deepbet; ``None`` means on for DICOM input, off for NIfTI input.
         min_atlas_dice: quality threshold, see :mod:`data_prep.quality`.
         min_sequence_dice: quality threshold, see :mod:`data_prep.quality`.
         min_sequence_nmi: quality threshold (sequence agreement), see :mod:`data_prep.quality`.
         max_nmi_gain: quality threshold (sequence agreement), see :mod:`data_prep.quality`.
-        registration_spacing: spacing of the atlas the T1-CE is registered to (1.5 mm shipped; coarser is
+        registration_spacing: spacing of the atlas the T1 is registered to (1.5 mm shipped; coarser is
             faster, for tests).
         threads: threads for SimpleITK and torch; ``None`` keeps their defaults.
         overwrite: replace an existing case folder.
@@ -85,6 +91,7 @@ class PrepOptions:
 
     spacing: float = 1.5
     backend: str = "simpleitk"
+    bias_correction: bool = False
     skull_strip: bool | None = None
     min_atlas_dice: float = MIN_ATLAS_DICE
     min_sequence_dice: float = MIN_SEQUENCE_DICE
@@ -238,6 +245,13 @@ def _read_volume(path: Path, sequence: str, subject: str) -> tuple[sitk.Image, d
     return image, geometry
 
 
+def _field_of_view(image: sitk.Image, grid: sitk.Image, matrix: np.ndarray) -> np.ndarray:
+    """Where ``image`` has data on ``grid`` (``matrix``: grid points to image points), boolean (D, H, W)."""
+    ones = sitk.Image(image.GetSize(), sitk.sitkUInt8) + 1
+    ones.CopyInformation(image)  # the image's own geometry, not the unit grid at the origin
+    return sitk.GetArrayFromImage(resample(ones, grid, matrix, sitk.sitkNearestNeighbor)).astype(bool)
+
+
 def _prepare(
     sources: Mapping[str, _Source], case_dir: Path, subject: str, options: PrepOptions, skull_strip: bool
 ) -> None:
@@ -249,7 +263,6 @@ def _prepare(
     images, originals = {}, {}
     for sequence in SEQUENCES:
         images[sequence], originals[sequence] = _read_volume(sources[sequence].path, sequence, subject)
-    t1ce = images["t1ce"]
     timings["read"] = time.perf_counter() - clock
 
     native_brain = None
@@ -259,52 +272,40 @@ def _prepare(
         if options.threads is not None:
             torch.set_num_threads(options.threads)
         clock = time.perf_counter()
-        native_brain = brain_mask(t1ce)
+        native_brain = brain_mask(images[REFERENCE])
         timings["skull_strip"] = time.perf_counter() - clock
     atlas = load_atlas(options.registration_spacing)
-    moving = t1ce if native_brain is None else sitk.Mask(t1ce, native_brain)
-    to_atlas = register_rigid(atlas.t1, moving, options.backend, init="moments", threads=options.threads)
-    grid = sri24_grid(options.spacing)
-    t1ce_out = resample(t1ce, grid, to_atlas.matrix)
-    if native_brain is not None:
-        brain = sitk.GetArrayFromImage(resample(native_brain, grid, to_atlas.matrix, sitk.sitkNearestNeighbor)) > 0
-    else:
-        brain = sitk.GetArrayFromImage(t1ce_out) != 0
-    atlas_brain = sitk.GetArrayFromImage(resample(sitk.Cast(atlas.mask, sitk.sitkFloat32), grid)) >= 0.5
-    # Checked before the co-registrations: a case whose T1-CE is not a brain fails in seconds.
-    scores = {"atlas_dice": check_atlas_alignment(brain, atlas_brain, subject, options.min_atlas_dice)}
-
-    registrations = {"t1ce": {"fixed": "sri24", "metric": to_atlas.metric, "seconds": to_atlas.seconds}}
-    matrices = {"t1ce": to_atlas.matrix}
-    for sequence in ("t1", "t2", "flair"):
-        result = register_rigid(t1ce, images[sequence], options.backend, init="identity", threads=options.threads)
-        matrices[sequence] = result.matrix @ to_atlas.matrix
-        registrations[sequence] = {
-            "fixed": "t1ce",
-            "metric": result.metric,
-            "seconds": result.seconds,
-            "to_t1ce_lps": result.matrix.tolist(),
-        }
-    timings["registration"] = sum(r["seconds"] for r in registrations.values())
+    matrices, steps = register_sequences(
+        atlas.t1,
+        images,
+        REFERENCE,
+        options.backend,
+        threads=options.threads,
+        bias_correction=options.bias_correction,
+        reference_for_atlas=None if native_brain is None else sitk.Mask(images[REFERENCE], native_brain),
+    )
+    registrations = {}
+    for sequence, step in steps.items():
+        registrations[sequence] = {"fixed": "sri24", "metric": step.metric, "seconds": step.seconds}
+        if sequence != REFERENCE:  # the step's own transform, reference points to sequence points
+            registrations[sequence].update(fixed=REFERENCE, to_reference_lps=step.matrix.tolist())
+    timings["registration"] = sum(step.seconds for step in steps.values())
 
     clock = time.perf_counter()
-    outputs = {s: t1ce_out if s == "t1ce" else resample(images[s], grid, matrices[s]) for s in SEQUENCES}
-    volumes = {sequence: sitk.GetArrayFromImage(image) for sequence, image in outputs.items()}
-    fields_of_view = {
-        sequence: sitk.GetArrayFromImage(
-            resample(
-                sitk.Image(images[sequence].GetSize(), sitk.sitkUInt8) + 1,
-                grid,
-                matrices[sequence],
-                sitk.sitkNearestNeighbor,
-            )
-        ).astype(bool)
-        for sequence in SEQUENCES
-    }
-    scores.update(check_sequence_alignment(volumes, fields_of_view, subject, options.min_sequence_dice))
+    grid = sri24_grid(options.spacing)
+    # One resampling per sequence, through its composed transform (atlas -> reference -> sequence).
+    volumes = {s: sitk.GetArrayFromImage(resample(images[s], grid, matrices[s])) for s in SEQUENCES}
+    if native_brain is not None:
+        brain = sitk.GetArrayFromImage(resample(native_brain, grid, matrices[REFERENCE], sitk.sitkNearestNeighbor)) > 0
+    else:
+        brain = volumes[REFERENCE] != 0
+    atlas_brain = sitk.GetArrayFromImage(resample(sitk.Cast(atlas.mask, sitk.sitkFloat32), grid)) >= 0.5
+    scores = {"atlas_dice": check_atlas_alignment(brain, atlas_brain, subject, options.min_atlas_dice, REFERENCE)}
+    fields_of_view = {sequence: _field_of_view(images[sequence], grid, matrices[sequence]) for sequence in SEQUENCES}
+    scores.update(check_sequence_alignment(volumes, fields_of_view, subject, options.min_sequence_dice, REFERENCE))
     scores.update(
         check_sequence_agreement(
-            volumes, brain, subject, "t1ce", options.spacing, options.min_sequence_nmi, options.max_nmi_gain
+            volumes, brain, subject, REFERENCE, options.spacing, options.min_sequence_nmi, options.max_nmi_gain
         )
     )
     logger.info("%s: registration quality %s", subject, {k: round(v, 3) for k, v in scores.items()})

@@ -6,7 +6,8 @@ Two overlaps, computed in the output (SRI24) space after the composed transforms
   overlap by about 0.85-0.95 (size and shape differ between people); a registration that is
   off by a centimetre or more, flipped or diverged falls well below :data:`MIN_ATLAS_DICE`.
 * **sequence Dice**: each sequence's foreground (tissue, above :data:`FOREGROUND_FRACTION` of its 99th
-  percentile) against the T1-CE's, counted only where both fields of view overlap. Sequences of one
+  percentile) against the reference sequence's (T1, the one registered to the atlas), counted only where both
+  fields of view overlap. Sequences of one
   session overlap by 0.9 or more when aligned.
 
 A third check catches what overlaps miss, a sequence a few millimetres or degrees off inside a well-covered brain
@@ -47,7 +48,7 @@ __all__ = [
 
 #: Minimum brain-mask Dice against the atlas (config key ``min_atlas_dice``).
 MIN_ATLAS_DICE = 0.75
-#: Minimum foreground Dice of a sequence against the T1-CE (config key ``min_sequence_dice``).
+#: Minimum foreground Dice of a sequence against the reference (config key ``min_sequence_dice``).
 MIN_SEQUENCE_DICE = 0.8
 #: Tissue threshold as a fraction of the image's 99th percentile (air in MR is a few per cent of it).
 FOREGROUND_FRACTION = 0.1
@@ -92,15 +93,20 @@ def foreground(volume: np.ndarray, fraction: float = FOREGROUND_FRACTION) -> np.
 
 
 def check_atlas_alignment(
-    brain: np.ndarray, atlas_brain: np.ndarray, subject: str, min_dice: float = MIN_ATLAS_DICE
+    brain: np.ndarray,
+    atlas_brain: np.ndarray,
+    subject: str,
+    min_dice: float = MIN_ATLAS_DICE,
+    reference: str = "t1",
 ) -> float:
-    """Brain-mask Dice of the registered T1-CE with the atlas; raise when it is below ``min_dice``.
+    """Brain-mask Dice of the registered reference sequence with the atlas; raise when it is below ``min_dice``.
 
     Args:
         brain: the case's brain mask in output space, (H, W, D).
         atlas_brain: the SRI24 brain mask on the same grid, (H, W, D).
         subject: named in the error.
         min_dice: threshold (config key ``min_atlas_dice``).
+        reference: the sequence registered to the atlas (named in the error).
 
     Raises:
         RegistrationQualityError: with the score and the likely causes.
@@ -108,7 +114,7 @@ def check_atlas_alignment(
     score = dice(brain, atlas_brain)
     if score < min_dice:
         raise RegistrationQualityError(
-            f"{subject}: registration failed the quality check: T1-CE -> SRI24 brain-mask Dice with the atlas "
+            f"{subject}: registration failed the quality check: {reference} -> SRI24 brain-mask Dice with the atlas "
             f"{score:.3f} < {min_dice} (wrong series, poor skull stripping, unstripped input with --skull-strip off, "
             "or a failed registration; try --backend greedy)",
             {"atlas_dice": score},
@@ -121,30 +127,32 @@ def check_sequence_alignment(
     fields_of_view: dict[str, np.ndarray],
     subject: str,
     min_dice: float = MIN_SEQUENCE_DICE,
+    reference: str = "t1",
 ) -> dict[str, float]:
-    """Foreground Dice of each sequence with the T1-CE inside their common field of view; raise on a failure.
+    """Foreground Dice of each sequence with ``reference`` inside their common field of view; raise on a failure.
 
     Args:
-        volumes: sequence name -> volume in output space before skull stripping, (H, W, D); has ``"t1ce"``.
+        volumes: sequence name -> volume in output space before skull stripping, (H, W, D); has ``reference``.
         fields_of_view: sequence name -> boolean, where that sequence has data in output space, (H, W, D).
         subject: named in the error.
         min_dice: threshold (config key ``min_sequence_dice``).
+        reference: the sequence the others were registered to.
 
     Returns:
-        ``{"<sequence>_dice": score}`` for every sequence but the T1-CE.
+        ``{"<sequence>_dice": score}`` for every sequence but the reference.
 
     Raises:
         RegistrationQualityError: naming every sequence below the threshold, with its score.
     """
-    reference = foreground(volumes["t1ce"])
+    tissue = foreground(volumes[reference])
     scores, failures = {}, []
     for sequence, volume in volumes.items():
-        if sequence == "t1ce":
+        if sequence == reference:
             continue
-        overlap = fields_of_view[sequence] & fields_of_view["t1ce"]
-        score = scores[f"{sequence}_dice"] = dice(foreground(volume), reference, within=overlap)
+        overlap = fields_of_view[sequence] & fields_of_view[reference]
+        score = scores[f"{sequence}_dice"] = dice(foreground(volume), tissue, within=overlap)
         if score < min_dice:
-            failures.append(f"{sequence} -> T1-CE: foreground Dice {score:.3f} < {min_dice}")
+            failures.append(f"{sequence} -> {reference}: foreground Dice {score:.3f} < {min_dice}")
     if failures:
         raise RegistrationQualityError(
             f"{subject}: registration failed the quality check: {'; '.join(failures)} "
@@ -202,7 +210,7 @@ def check_sequence_agreement(
     volumes: Mapping[str, np.ndarray],
     brain: np.ndarray,
     subject: str,
-    reference: str = "t1ce",
+    reference: str = "t1",
     spacing_mm: float = 1.5,
     min_nmi: float = MIN_SEQUENCE_NMI,
     max_gain: float = MAX_NMI_GAIN,

@@ -99,7 +99,7 @@ def register_rigid(
     """Rigidly register ``moving`` to ``fixed``.
 
     Args:
-        fixed: the reference image (atlas or T1-CE), 3-D.
+        fixed: the reference image (atlas or the session's reference sequence), 3-D.
         moving: the image to align, 3-D; any contrast.
         backend: one of :data:`BACKENDS`.
         init: initial alignment, one of :data:`INITIALISATIONS`.
@@ -141,6 +141,7 @@ def register_sequences(
     backend: str = "simpleitk",
     threads: int | None = None,
     bias_correction: bool = False,
+    reference_for_atlas: sitk.Image | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, RigidResult]]:
     """Register one session's sequences to the atlas in two steps: ``reference`` -> atlas, the others -> ``reference``.
 
@@ -154,6 +155,9 @@ def register_sequences(
         images: sequence name -> image; must hold ``reference``.
         reference: the sequence registered to the atlas.
         backend, threads, bias_correction: as in :func:`register_rigid`.
+        reference_for_atlas: what the first step registers instead of ``images[reference]`` (same grid), e.g. the
+            reference with its skull stripped to match the skull-stripped atlas; the other sequences are still
+            registered to ``images[reference]``.
 
     Returns:
         ``(matrices, steps)``: sequence -> (4, 4) LPS point transform from atlas points to that sequence's points,
@@ -166,7 +170,12 @@ def register_sequences(
         raise KeyError(f"reference sequence {reference!r} is not among the images {sorted(images)}")
     steps = {
         reference: register_rigid(
-            atlas_t1, images[reference], backend, "moments", threads=threads, bias_correction=bias_correction
+            atlas_t1,
+            images[reference] if reference_for_atlas is None else reference_for_atlas,
+            backend,
+            "moments",
+            threads=threads,
+            bias_correction=bias_correction,
         )
     }
     matrices = {reference: steps[reference].matrix}

@@ -2,7 +2,7 @@
 
 deepbet (Fisch et al. 2024, MIT licence) is a T1w-trained 3-D U-Net; measured here 11-13 s per volume on
 2 CPU threads and Dice 0.98 against the BraTS-SRI24 brain mask (``reference/data_prep.md`` §3). The
-pipeline runs it on the native T1-CE (T1-weighted) and applies the mask to every co-registered sequence,
+pipeline runs it on the native T1 (the sequence registered to the atlas) and applies the mask to every co-registered sequence,
 as the BraTS pipeline does. BraTS data and other already skull-stripped inputs skip it.
 """
 

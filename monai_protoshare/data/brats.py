@@ -19,7 +19,9 @@ csv. Headers are checked first; voxel data (slow: 369 cases x 5 files) is then r
 each file that passes is recorded in a small JSON cache keyed by (path, size, modification time), next to the
 data or, when that folder is read-only, in the user cache folder, so a second call reads no voxels.
 :func:`validate_datalist` applies the same file checks to a datalist that does not come from a BraTS folder
-(a datalist JSON, a folder of case folders).
+(a datalist JSON, a folder of case folders). This module reads the table and the folders; the file checks are
+in :mod:`~monai_protoshare.data.nifti_checks`, the cache in :mod:`~monai_protoshare.data.brats_cache`, the
+problem records in :mod:`~monai_protoshare.data.brats_records`.
 
 Example:
     >>> from monai_protoshare.data.brats import load_brats_datalist
@@ -30,28 +32,25 @@ Example:
 
 from __future__ import annotations
 
-import concurrent.futures
 import csv
-import hashlib
-import json
 import logging
 import os
 import re
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
-import numpy as np
-from tqdm import tqdm
-
+from monai_protoshare.data.brats_cache import CACHE_NAME, load_cache, save_cache
+from monai_protoshare.data.brats_records import BratsDatasetError, BratsProblem, CaseFiles
 from monai_protoshare.data.cases import GRADE_LABELS, NIFTI_SUFFIXES, SEQUENCES, sequence_file
-from monai_protoshare.io import write_json
+from monai_protoshare.data.nifti_checks import SEG_LABELS, check_consistency, read_headers, read_voxels
 
+# BratsProblem, BratsDatasetError, SEG_LABELS and CACHE_NAME live with the checks that use them
+# (brats_records, nifti_checks, brats_cache); they are re-exported here, where callers import them from.
 __all__ = [
+    "CACHE_NAME",
     "NAME_MAPPING",
     "NAME_MAPPING_COLUMNS",
     "SEG_LABELS",
@@ -66,8 +65,6 @@ logger = logging.getLogger(__name__)
 
 #: Grades read as "unknown" when ``labelled=False`` (BraTS' own missing-value marker is NA).
 UNKNOWN_GRADES = ("NA", "")
-#: Labels of a BraTS segmentation: 0 background, 1 necrotic/non-enhancing core, 2 oedema, 4 enhancing.
-SEG_LABELS = (0, 1, 2, 4)
 #: Name of the release's subject table.
 NAME_MAPPING = "name_mapping.csv"
 #: Header of the release's ``name_mapping.csv``.
@@ -81,67 +78,8 @@ NAME_MAPPING_COLUMNS = (
 )
 GRADE_COLUMN, ID_COLUMN = NAME_MAPPING_COLUMNS[0], NAME_MAPPING_COLUMNS[-1]
 _COLUMNS = (GRADE_COLUMN, ID_COLUMN)  # the columns the reader needs (the release has six)
-CACHE_NAME = ".monai_protoshare_validation.json"
-_CACHE_VERSION = 2  # 2: sequences whose voxels are all 0 are rejected
 _SEARCH_DEPTH = 3  # levels below ``root`` searched for name_mapping.csv (the Kaggle copy needs 2)
-_AFFINE_ATOL_MM = 1e-3
 _TABLE = "(table)"  # subject column of problems that concern the csv as a whole
-
-
-@dataclass(frozen=True)
-class BratsProblem:
-    """One problem found while validating a BraTS folder.
-
-    Attributes:
-        subject: subject id (``BraTS20_Training_NNN``), or ``"(table)"`` for the csv as a whole.
-        file: file or folder name the problem is about.
-        problem: what is wrong, with the expected and the received value.
-    """
-
-    subject: str
-    file: str
-    problem: str
-
-    def __str__(self) -> str:
-        return f"{self.subject} | {self.file} | {self.problem}"
-
-
-class BratsDatasetError(ValueError):
-    """Every problem of a BraTS folder, raised once; ``problems`` lists them as :class:`BratsProblem`."""
-
-    def __init__(self, root: str | os.PathLike, problems: Iterable[BratsProblem], hint: str = ""):
-        self.root = Path(root)
-        self.problems = list(problems)
-        subjects = {p.subject for p in self.problems}
-        lines = [
-            f"BraTS dataset at {self.root}: {len(self.problems)} problem(s) in {len(subjects)} subject(s)"
-            " (subject | file | problem):",
-            *(f"  {p}" for p in self.problems),
-        ]
-        if hint:
-            lines.append(hint)
-        super().__init__("\n".join(lines))
-
-
-@dataclass
-class _FileInfo:
-    """Header facts of one NIfTI file and whether its voxels passed (cached when they did)."""
-
-    shape: tuple[int, ...]
-    affine: np.ndarray
-    voxels_ok: bool = False
-
-
-@dataclass
-class _Case:
-    subject: str
-    row: int  # line number in name_mapping.csv
-    grade: str
-    files: dict[str, Path] = field(default_factory=dict)  # "t1" ... "flair", "seg" -> path
-
-    @property
-    def label(self) -> int | None:
-        return GRADE_LABELS.get(self.grade.upper())
 
 
 def find_dataset_root(root: str | os.PathLike) -> Path:
@@ -217,25 +155,30 @@ def load_brats_datalist(
         )
     problems = _check_rows(cases, labelled) + _find_files(data_root, cases, labelled)
     problems += _orphan_folders(data_root, {c.subject for c in cases})
-    cache_data = _load_cache(data_root) if cache else {}
-    infos, header_problems, to_read = _read_headers(data_root, cases, cache_data, workers)
+    cache_data = load_cache(data_root) if cache else {}
+    infos, header_problems, to_read = read_headers(data_root, cases, cache_data, workers)
     problems += header_problems
-    problems += _read_voxels(to_read, infos, workers)
-    problems += _check_consistency(cases, infos)
+    problems += read_voxels(to_read, infos, workers)
+    problems += check_consistency(cases, infos)
     if cache:
-        _save_cache(data_root, cache_data, infos)
+        save_cache(data_root, cache_data, infos)
 
     if mark_bad:  # a case without a grade has no fold: it cannot be kept, marked or not
         no_grade = {c.subject for c in cases if labelled and c.label is None}
         _raise_or_skip(data_root, cases, [p for p in problems if p.subject in no_grade], skip_bad=False)
     bad = _raise_or_skip(data_root, cases, problems, skip_bad or mark_bad)
     kept = cases if mark_bad else [c for c in cases if c.subject not in bad]
+    logger.info("BraTS datalist: %d case(s) from %s in %.1f s.", len(kept), data_root, time.perf_counter() - start)
+    return _datalist_items(data_root, kept, problems)
+
+
+def _datalist_items(data_root: Path, cases: list[CaseFiles], problems: list[BratsProblem]) -> list[dict[str, Any]]:
+    """One datalist item per case, in order; a case with problems (``mark_bad``) lists them under ``problems``."""
     found: dict[str, list[str]] = {}
     for p in problems:
         found.setdefault(p.subject, []).append(f"{p.file}: {p.problem}")
-    logger.info("BraTS datalist: %d case(s) from %s in %.1f s.", len(kept), data_root, time.perf_counter() - start)
     items = []
-    for c in kept:
+    for c in cases:
         item = {
             "image": [str(c.files.get(s, data_root / c.subject / f"{c.subject}_{s}.nii.gz")) for s in SEQUENCES],
             "seg": str(c.files["seg"]) if "seg" in c.files else None,
@@ -282,7 +225,7 @@ def validate_datalist(
     """
     cases, problems = [], []
     for position, item in enumerate(datalist):
-        case = _Case(str(item.get("subject_id") or f"(item {position + 1})"), position, "")
+        case = CaseFiles(str(item.get("subject_id") or f"(item {position + 1})"), position, "")
         cases.append(case)
         paths = item.get("image")
         if isinstance(paths, (str, bytes, os.PathLike)) or not isinstance(paths, Sequence) or len(paths) != 4:
@@ -298,14 +241,14 @@ def validate_datalist(
     for sid, count in Counter(c.subject for c in cases).items():
         if count > 1:
             problems.append(BratsProblem(sid, "subject_id", f"duplicate id ({count} items); expected unique ids"))
-    infos, header_problems, to_read = _read_headers(Path(os.sep), cases, {}, workers)
-    problems += header_problems + (_read_voxels(to_read, infos, workers) if voxels else [])
-    problems += _check_consistency(cases, infos)
+    infos, header_problems, to_read = read_headers(Path(os.sep), cases, {}, workers)
+    problems += header_problems + (read_voxels(to_read, infos, workers) if voxels else [])
+    problems += check_consistency(cases, infos)
     bad = _raise_or_skip(Path(source), cases, problems, skip_bad)
     return [item for item, case in zip(datalist, cases, strict=True) if case.subject not in bad]
 
 
-def _raise_or_skip(root: Path, cases: list[_Case], problems: list[BratsProblem], skip_bad: bool) -> set[str]:
+def _raise_or_skip(root: Path, cases: list[CaseFiles], problems: list[BratsProblem], skip_bad: bool) -> set[str]:
     """Raise one :class:`BratsDatasetError` listing ``problems`` in case order, or with ``skip_bad`` log them in one
     warning; return the subjects with problems."""
     order: dict[str, int] = {}
@@ -327,7 +270,7 @@ def _raise_or_skip(root: Path, cases: list[_Case], problems: list[BratsProblem],
     return bad
 
 
-def _read_table(path: Path) -> tuple[list[_Case], list[BratsProblem]]:
+def _read_table(path: Path) -> tuple[list[CaseFiles], list[BratsProblem]]:
     """Parse name_mapping.csv into cases; returns problems of the table as a whole (nothing can be read past them)."""
     try:
         text = path.read_bytes().decode("utf-8-sig")
@@ -352,13 +295,13 @@ def _read_table(path: Path) -> tuple[list[_Case], list[BratsProblem]]:
                 BratsProblem(_TABLE, path.name, f"line {reader.line_num}: empty {ID_COLUMN} ({len(row)} fields)")
             )
         else:
-            cases.append(_Case(subject, reader.line_num, grade))
+            cases.append(CaseFiles(subject, reader.line_num, grade))
     if not cases and not problems:
         problems.append(BratsProblem(_TABLE, path.name, "no subject rows; expected one row per subject"))
     return cases, problems
 
 
-def _check_rows(cases: list[_Case], labelled: bool = True) -> list[BratsProblem]:
+def _check_rows(cases: list[CaseFiles], labelled: bool = True) -> list[BratsProblem]:
     """Unknown grades (unless ``labelled`` is off and the grade is NA or empty) and duplicate ids."""
     problems, first_line = [], {}
     for case in cases:
@@ -372,7 +315,7 @@ def _check_rows(cases: list[_Case], labelled: bool = True) -> list[BratsProblem]
     return problems
 
 
-def _find_files(data_root: Path, cases: list[_Case], labelled: bool = True) -> list[BratsProblem]:
+def _find_files(data_root: Path, cases: list[CaseFiles], labelled: bool = True) -> list[BratsProblem]:
     """Locate each case's five files (``.nii.gz`` or ``.nii``; the seg may have another name), filling ``files``."""
     problems = []
     for case in cases:
@@ -421,180 +364,3 @@ def _orphan_folders(data_root: Path, subjects: set[str]) -> list[BratsProblem]:
                 BratsProblem(folder.name, f"{folder.name}/", f"case folder without a row in {NAME_MAPPING}")
             )
     return problems
-
-
-def _read_headers(
-    data_root: Path, cases: list[_Case], cache_data: dict[str, Any], workers: int | None
-) -> tuple[dict[Path, _FileInfo], list[BratsProblem], list[tuple[str, str, Path]]]:
-    """Header facts of every file (from the cache when size and mtime match); returns (infos, problems, to read)."""
-    todo, infos, problems = [], {}, []
-    files = {(c.subject, kind, path) for c in cases for kind, path in c.files.items()}
-    for subject, kind, path in sorted(files, key=lambda f: str(f[2])):
-        cached = cache_data.get(_cache_key(data_root, path))
-        if cached is not None and cached.get("stat") == _stat(path):
-            infos[path] = _FileInfo(tuple(cached["shape"]), np.asarray(cached["affine"]), voxels_ok=True)
-        else:
-            todo.append((subject, kind, path))
-    to_read = []
-    for (subject, kind, path), result in zip(
-        todo, _map(_load_header, [t[2] for t in todo], workers, "headers"), strict=True
-    ):
-        if isinstance(result, str):
-            problems.append(BratsProblem(subject, path.name, result))
-            continue
-        infos[path] = result
-        to_read.append((subject, kind, path))
-        problems += [BratsProblem(subject, path.name, p) for p in _header_problems(result)]
-    return infos, problems, to_read
-
-
-def _header_problems(info: _FileInfo) -> list[str]:
-    """Problems of one file's header alone: not 3-D, non-finite or singular affine."""
-    problems = [] if len(info.shape) == 3 else [f"expected a 3-D image, got shape {info.shape}"]
-    if not np.all(np.isfinite(info.affine)):
-        problems.append("non-finite affine")
-    elif abs(np.linalg.det(info.affine[:3, :3])) < 1e-6:
-        problems.append("singular affine (zero voxel volume)")
-    return problems
-
-
-def _load_header(path: Path) -> _FileInfo | str:
-    try:
-        image = nib.load(path)
-        return _FileInfo(tuple(int(n) for n in image.shape), np.asarray(image.affine, dtype=np.float64))
-    except Exception as err:  # noqa: BLE001 - any failure is reported as this file's problem
-        return f"not a readable NIfTI file ({_describe(err).replace(str(path), path.name)})"
-
-
-def _read_voxels(to_read: list[tuple[str, str, Path]], infos: dict[Path, _FileInfo], workers: int | None) -> list:
-    """Read every voxel of the listed files (thread pool): truncation, NaN/Inf, segmentation labels."""
-    problems = []
-    jobs = [(kind, path) for _, kind, path in to_read]
-    for (subject, _, path), result in zip(to_read, _map(_check_voxels, jobs, workers, "voxels"), strict=True):
-        if result is None:
-            infos[path].voxels_ok = True
-        else:
-            problems.append(BratsProblem(subject, path.name, result))
-    return problems
-
-
-def _check_voxels(job: tuple[str, Path]) -> str | None:
-    kind, path = job
-    try:
-        data = np.asanyarray(nib.load(path).dataobj)
-    except Exception as err:  # noqa: BLE001 - any failure is reported as this file's problem
-        return f"unreadable voxel data ({_describe(err)})"
-    if kind == "seg":
-        bad = np.ones(data.shape, dtype=bool)
-        for label in SEG_LABELS:
-            bad &= data != label
-        if bad.any():
-            values = ", ".join(f"{v:g}" for v in np.unique(data[bad])[:8])
-            return f"{int(bad.sum())} voxel(s) with labels {values} outside {{0, 1, 2, 4}}"
-    else:
-        if data.dtype.kind in "fc":
-            n_bad = int(np.count_nonzero(~np.isfinite(data)))
-            if n_bad:
-                return f"{n_bad} NaN/Inf voxel(s)"
-        if not data.any():  # an empty export: preprocessing would find no brain to crop and normalise
-            return "all voxels are 0; expected an image of the brain"
-    return None
-
-
-def _describe(err: BaseException) -> str:
-    """Short human description of a read failure."""
-    if isinstance(err, EOFError):
-        return "truncated: the compressed data ends early"
-    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__
-
-
-def _check_consistency(cases: list[_Case], infos: dict[Path, _FileInfo]) -> list[BratsProblem]:
-    """A case's sequences and segmentation must share one shape and one affine (that of most of its files).
-
-    Files whose own header is bad (reported already) are left out, so one broken file is reported once.
-    """
-    problems = []
-    for case in cases:
-        files = [p for p in case.files.values() if p in infos and not _header_problems(infos[p])]
-        shapes = Counter(infos[p].shape for p in files)
-        if len(shapes) > 1:
-            common = shapes.most_common(1)[0][0]
-            problems += [
-                BratsProblem(
-                    case.subject, p.name, f"shape {infos[p].shape} differs from the case's other files' {common}"
-                )
-                for p in files
-                if infos[p].shape != common
-            ]
-        agree = [sum(_same_affine(infos[p], infos[q]) for q in files) for p in files]
-        if files and min(agree) < len(files):
-            ref = infos[files[int(np.argmax(agree))]]
-            for p in files:
-                if not _same_affine(infos[p], ref):
-                    diff = float(np.max(np.abs(infos[p].affine - ref.affine)))
-                    problem = f"affine differs from the case's other files' (by up to {diff:.3g} mm)"
-                    problems.append(BratsProblem(case.subject, p.name, problem))
-    return problems
-
-
-def _same_affine(a: _FileInfo, b: _FileInfo) -> bool:
-    return bool(np.allclose(a.affine, b.affine, rtol=0, atol=_AFFINE_ATOL_MM))
-
-
-def _map(func, items: list, workers: int | None, what: str) -> list:
-    """``func`` over ``items`` in a thread pool (nibabel's gzip reads release the GIL), with a progress bar."""
-    if not items:
-        return []
-    workers = workers or min(8, os.cpu_count() or 1)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-        results = pool.map(func, items)
-        return list(tqdm(results, total=len(items), desc=f"BraTS {what}", disable=len(items) < 200, leave=False))
-
-
-def _stat(path: Path) -> list[int]:
-    stat = path.stat()
-    return [stat.st_size, stat.st_mtime_ns]
-
-
-def _cache_key(data_root: Path, path: Path) -> str:
-    try:
-        return path.relative_to(data_root).as_posix()
-    except ValueError:
-        return path.as_posix()
-
-
-def _cache_paths(data_root: Path) -> list[Path]:
-    """Cache next to the data first, then in the user cache folder (for read-only data)."""
-    user_cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "monai_protoshare"
-    digest = hashlib.sha256(str(data_root).encode()).hexdigest()[:16]
-    return [data_root / CACHE_NAME, user_cache / "brats_validation" / f"{digest}.json"]
-
-
-def _load_cache(data_root: Path) -> dict[str, Any]:
-    for path in _cache_paths(data_root):
-        try:
-            content = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if content.get("version") == _CACHE_VERSION and isinstance(content.get("files"), dict):
-            return content["files"]
-    return {}
-
-
-def _save_cache(data_root: Path, old: dict[str, Any], infos: dict[Path, _FileInfo]) -> None:
-    """Record the files whose voxels passed; a cache that cannot be written anywhere is only logged."""
-    files = {
-        _cache_key(data_root, path): {"stat": _stat(path), "shape": list(info.shape), "affine": info.affine.tolist()}
-        for path, info in sorted(infos.items())
-        if info.voxels_ok
-    }
-    if files == old:
-        return
-    for path in _cache_paths(data_root):
-        try:
-            write_json(path, {"version": _CACHE_VERSION, "files": files})
-            return
-        except OSError as err:
-            logger.debug("Cannot write the BraTS validation cache %s: %s", path, err)
-    logger.info("The BraTS validation cache could not be written; the next call will read every voxel again.")

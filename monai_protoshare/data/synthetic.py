@@ -1,34 +1,16 @@
 """A synthetic BraTS-2020-like cohort: same layout, names, dtypes, labels and affine as the real release.
 
-Two versions of the images are selectable (``version``, ``--version``); the design, the numbers behind it and
-the history are in ``docs/synthetic_cohort.md``.
+:func:`generate_cohort` writes ``<out>/BraTS20_Training_NNN/BraTS20_Training_NNN_{t1,t1ce,t2,flair,seg}.nii.gz``,
+``<out>/name_mapping.csv`` and ``synthetic_cohort.json`` (generator version, parameters, each case's ground
+truth). Two image versions are selectable (``version``, ``--version``): **3** (the default), the SRI24 atlas
+warped per case with irregular tumours and no single grade cue (:mod:`~monai_protoshare.data.synthetic_v3`,
+:mod:`~monai_protoshare.data.synthetic_anatomy`, :mod:`~monai_protoshare.data.synthetic_tumour`), and **2**,
+geometric heads with one clear cue a grade (:mod:`~monai_protoshare.data.synthetic_v2`), kept byte for byte.
+Case ``i`` draws from its own generator seeded by ``(seed, i)``, so it is identical whatever the number of
+cases; same arguments, same bytes.
 
-* **Version 3** (the default): the anatomy of the shipped SRI24 atlas (``data_prep/atlas/``: tissue classes
-  CSF, grey and white matter from its T1), warped per case (size, rotation, position, a smooth deformation,
-  the ventricles' size), so no two brains are the same; four contrasts from tissue-specific intensities with a
-  per-case jitter, a smooth bias field, a gain and Rician noise per sequence. Tumours are irregular, grow
-  mostly in white matter and push the tissue around them; HGG mostly show a necrotic core (label 1) in an
-  enhancing rim (label 4) inside oedema (label 2), a few no clear enhancement; LGG are non-enhancing
-  T2/FLAIR-bright masses, part of them with the T2-FLAIR mismatch sign, a few with faint enhancing foci.
-  Healthy-tissue intensities, brain size, position and noise do not depend on the grade, and no single label
-  statistic separates the grades (see the tests). Modules: :mod:`~monai_protoshare.data.synthetic_v3`,
-  :mod:`~monai_protoshare.data.synthetic_anatomy`, :mod:`~monai_protoshare.data.synthetic_tumour`.
-* **Version 2**: geometric heads with one clear grade cue each (:mod:`~monai_protoshare.data.synthetic_v2`),
-  kept byte for byte for results made on it.
-
-**Layout** (DESIGN §3): ``<out>/BraTS20_Training_NNN/BraTS20_Training_NNN_{t1,t1ce,t2,flair,seg}.nii.gz``
-and ``<out>/name_mapping.csv`` with the release's six columns (``NA`` for the unknown ids); sequences
-are float32, the segmentation uint8 with labels {0, 1, 2, 4}; background exactly 0 (skull-stripped). The affine
-is BraTS's LPS one scaled to the spacing: ``diag(-s, -s, s)`` with origin ``(0, (n_y - 1) s, 0)`` (``s = 1``
-gives the release's ``[[-1, 0, 0, 0], [0, -1, 0, 239], [0, 0, 1, 0]]``); the default shape covers the
-release's 240 x 240 x 155 mm field of view (120 x 120 x 78 at the default 2 mm). ``synthetic_cohort.json``
-records the generator version, the parameters and, per case, the grade, the phenotype, the tumour geometry
-and (version 3) the warp, with the affine mapping case voxels to atlas voxels.
-
-**Determinism.** Case ``i`` draws from its own generator seeded by ``(seed, i)``, so it is identical
-whatever the number of cases; the grades follow a Beatty sequence with a seed-dependent phase, so every
-prefix of the cohort has ``round(n * lgg_fraction)`` LGG cases (+-1) and 369 cases give exactly 76 LGG.
-Files are written atomically with gzip headers free of names and times: same arguments, same bytes.
+The layout, the affine, the determinism, the design of each version, its measured separability (AUCs) and the
+version history are in ``docs/synthetic_cohort.md``.
 
 Example:
     >>> from monai_protoshare.data.synthetic import generate_cohort
@@ -226,28 +208,9 @@ def generate_cohort(
         contrast_jitter = default_contrast_jitter(version)
     if ambiguous_fraction is None:
         ambiguous_fraction = default_ambiguous_fraction(version)
-    if n_cases < 1:
-        raise ValueError(f"n_cases must be >= 1, got {n_cases}.")
-    if spacing <= 0:
-        raise ValueError(f"spacing must be > 0 mm, got {spacing}.")
-    for name, value in (("lgg_fraction", lgg_fraction), ("ambiguous_fraction", ambiguous_fraction)):
-        if not 0 <= value <= 1:
-            raise ValueError(f"{name} must be in [0, 1], got {value}.")
-    if not 0 <= contrast_jitter <= 0.5:
-        raise ValueError(f"contrast_jitter must be in [0, 0.5], got {contrast_jitter}.")
-    shape = default_shape(spacing) if shape is None else tuple(int(n) for n in shape)
-    if len(shape) != 3 or min(shape) < 8:
-        raise ValueError(f"shape must be three integers >= 8, got {shape}.")
+    shape = _check_cohort_arguments(n_cases, spacing, shape, lgg_fraction, ambiguous_fraction, contrast_jitter)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    width = max(3, len(str(n_cases)))
-    ids = [subject_id(i, width) for i in range(n_cases)]
-    stale = sorted(p.name for p in out.glob("BraTS20_Training_*") if p.is_dir() and p.name not in set(ids))
-    if stale:
-        raise ValueError(
-            f"out_dir {out} already holds case folders outside the {n_cases} requested ({', '.join(stale[:5])}"
-            f"{', ...' if len(stale) > 5 else ''}); use an empty folder or a larger n_cases."
-        )
+    ids = _case_folders(out, n_cases)
     design = cohort_design(n_cases, seed, lgg_fraction, ambiguous_fraction)
     affine = brats_like_affine(spacing, shape)
     cases, start = [], time.perf_counter()
@@ -269,15 +232,9 @@ def generate_cohort(
             _save_nifti(images[c], affine, folder / f"{ids[i]}_{sequence}.nii.gz")
         _save_nifti(seg, affine, folder / f"{ids[i]}_seg.nii.gz")
         cases.append(case)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(NAME_MAPPING_COLUMNS)
-    writer.writerows([c.grade, "NA", "NA", "NA", "NA", c.subject_id] for c in cases)
-    write_text(out / NAME_MAPPING, buffer.getvalue())
     params = {"n_cases": n_cases, "seed": seed, "lgg_fraction": lgg_fraction, "spacing": spacing}
     params |= {"shape": list(shape), "ambiguous_fraction": ambiguous_fraction, "contrast_jitter": contrast_jitter}
-    header = {"generator": __spec__.name, "version": version, **params}  # __spec__: right under -m too
-    write_json(out / "synthetic_cohort.json", {**header, "cases": [dataclasses.asdict(c) for c in cases]})
+    _write_tables(out, cases, {"version": version, **params})
     n_lgg = sum(c.grade == "LGG" for c in cases)
     logger.info(
         "Wrote %d synthetic cases (%d LGG, %d HGG) to %s in %.1f s.",
@@ -288,6 +245,57 @@ def generate_cohort(
         time.perf_counter() - start,
     )
     return out
+
+
+def _check_cohort_arguments(
+    n_cases: int,
+    spacing: float,
+    shape: Sequence[int] | None,
+    lgg_fraction: float,
+    ambiguous_fraction: float,
+    contrast_jitter: float,
+) -> tuple[int, int, int]:
+    """:func:`generate_cohort`'s argument checks (``ValueError`` naming the argument); returns the grid shape."""
+    if n_cases < 1:
+        raise ValueError(f"n_cases must be >= 1, got {n_cases}.")
+    if spacing <= 0:
+        raise ValueError(f"spacing must be > 0 mm, got {spacing}.")
+    for name, value in (("lgg_fraction", lgg_fraction), ("ambiguous_fraction", ambiguous_fraction)):
+        if not 0 <= value <= 1:
+            raise ValueError(f"{name} must be in [0, 1], got {value}.")
+    if not 0 <= contrast_jitter <= 0.5:
+        raise ValueError(f"contrast_jitter must be in [0, 0.5], got {contrast_jitter}.")
+    shape = default_shape(spacing) if shape is None else tuple(int(n) for n in shape)
+    if len(shape) != 3 or min(shape) < 8:
+        raise ValueError(f"shape must be three integers >= 8, got {shape}.")
+    return shape
+
+
+def _case_folders(out: Path, n_cases: int) -> list[str]:
+    """Create ``out`` and return the cases' subject ids; case folders beyond ``n_cases`` already there are an
+    error (a cohort must not mix with the rest of a larger earlier one)."""
+    out.mkdir(parents=True, exist_ok=True)
+    width = max(3, len(str(n_cases)))
+    ids = [subject_id(i, width) for i in range(n_cases)]
+    stale = sorted(p.name for p in out.glob("BraTS20_Training_*") if p.is_dir() and p.name not in set(ids))
+    if stale:
+        raise ValueError(
+            f"out_dir {out} already holds case folders outside the {n_cases} requested ({', '.join(stale[:5])}"
+            f"{', ...' if len(stale) > 5 else ''}); use an empty folder or a larger n_cases."
+        )
+    return ids
+
+
+def _write_tables(out: Path, cases: list[SyntheticCase | SyntheticCaseV3], params: dict) -> None:
+    """``name_mapping.csv`` (the release's six columns, ``NA`` for the unknown ids) and ``synthetic_cohort.json``
+    (the generator, ``params`` and every case's ground truth)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(NAME_MAPPING_COLUMNS)
+    writer.writerows([c.grade, "NA", "NA", "NA", "NA", c.subject_id] for c in cases)
+    write_text(out / NAME_MAPPING, buffer.getvalue())
+    header = {"generator": __spec__.name, **params}  # __spec__: right under -m too
+    write_json(out / "synthetic_cohort.json", {**header, "cases": [dataclasses.asdict(c) for c in cases]})
 
 
 def main(argv: Sequence[str] | None = None) -> Path:

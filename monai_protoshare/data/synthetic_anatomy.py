@@ -163,7 +163,7 @@ def load_atlas(directory: str | None = None) -> Atlas:
 class CaseGrid:
     """Voxel grid of one case: voxel ``i`` lies at head-frame ``(i - (n - 1) / 2) * spacing`` mm."""
 
-    def __init__(self, shape: Sequence[int], spacing: float):
+    def __init__(self, shape: Sequence[int], spacing: float) -> None:
         self.shape = tuple(int(n) for n in shape)
         self.spacing = float(spacing)
         self.centre = np.array([(n - 1) / 2 for n in self.shape])

@@ -6,7 +6,7 @@ See :mod:`monai_protoshare.data.synthetic` (the public interface) and ``docs/syn
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -67,7 +67,9 @@ def smooth_field(rng: np.random.Generator, shape: Sequence[int], correlation_vox
     return field / max(float(field.std()), 1e-6)
 
 
-def angular_modulation(rng: np.random.Generator, amplitude: float, n_terms: int = 4):
+def angular_modulation(
+    rng: np.random.Generator, amplitude: float, n_terms: int = 4
+) -> Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
     """Random smooth function of direction, ``m(u) = sum_k a_k cos(f_k w_k.u + phi_k)``, of peak ``amplitude``."""
     directions = rng.standard_normal((n_terms, 3))
     directions = (directions / np.linalg.norm(directions, axis=1, keepdims=True)).astype(np.float32)

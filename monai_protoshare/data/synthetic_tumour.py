@@ -100,6 +100,7 @@ def _ramp(signed_mm: np.ndarray, width: float) -> np.ndarray:
 
 
 def _directions(d: Sequence[np.ndarray]) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    """Distance to the tumour centre (mm) and the unit direction (three arrays) of each voxel's offset ``d``."""
     r = np.sqrt(d[0] ** 2 + d[1] ** 2 + d[2] ** 2)
     inv = 1 / np.maximum(r, np.float32(1e-3))
     return r, (d[0] * inv, d[1] * inv, d[2] * inv)
@@ -150,12 +151,38 @@ def tumour_maps(
     rho = r / (np.float32(plan.radius_mm) * spread) - 0.15 * smooth_field(rng, shape, noise_corr)
     rho = rho - 0.45 * (white - 0.5) + 0.6 * np.maximum(csf - 0.5, 0) + falx
     whole = np.maximum(_ramp((1 - rho) * np.float32(plan.radius_mm), width), core) * brain
+    necrosis, enhancing = _inner_compartments(plan, rng, r, u, d, core, core_mm, brain, width, spacing)
+    texture = smooth_field(rng, shape, 4.0 / spacing)
+    return TumourMaps(box, whole, core, necrosis, enhancing, texture, _labels(whole, core, necrosis, enhancing, brain))
+
+
+def _inner_compartments(
+    plan: TumourPlan,
+    rng: np.random.Generator,
+    r: np.ndarray,
+    u: tuple[np.ndarray, ...],
+    d: Sequence[np.ndarray],
+    core: np.ndarray,
+    core_mm: np.ndarray,
+    brain: np.ndarray,
+    width: float,
+    spacing: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Necrosis and enhancement inside the core: HGG ``ring``, a lumpy necrotic ball inside a rim at least 2 mm
+    thick; LGG ``faint``, one or two small enhancing foci; none for the ``non-enhancing`` phenotypes.
+
+    Args:
+        r, u: distance (mm) to the tumour centre and unit directions, from :func:`_directions`.
+        core, core_mm: the core's soft map and signed distance (mm, > 0 inside) to its border.
+        The others as in :func:`tumour_maps`.
+    """
+    shape = core.shape
     necrosis = np.zeros(shape, np.float32)
     enhancing = np.zeros(shape, np.float32)
     if plan.phenotype == "ring":
         radius = plan.necrosis_ratio * plan.core_radius_mm
         holes = 1 + angular_modulation(rng, 0.2, 4)(*u)
-        rho = r / (np.float32(radius) * holes) - 0.12 * smooth_field(rng, shape, noise_corr)
+        rho = r / (np.float32(radius) * holes) - 0.12 * smooth_field(rng, shape, 7.0 / spacing)
         rim = np.float32(max(2.0, 0.6 * spacing))  # the rim stays at least this thick
         necrosis = np.minimum(_ramp((1 - rho) * np.float32(radius), width), _ramp(core_mm - rim, width)) * brain
         enhancing = np.clip(core - necrosis, 0, 1)
@@ -166,16 +193,25 @@ def tumour_maps(
             dist = np.sqrt(sum((d[k] - np.float32(offset[k])) ** 2 for k in range(3)))
             enhancing = np.maximum(enhancing, _ramp(np.float32(size) - dist, width))
         enhancing = np.minimum(enhancing, core)
-    texture = smooth_field(rng, shape, 4.0 / spacing)
+    return necrosis, enhancing
+
+
+def _labels(
+    whole: np.ndarray, core: np.ndarray, necrosis: np.ndarray, enhancing: np.ndarray, brain: np.ndarray
+) -> np.ndarray:
+    """BraTS labels (uint8) where a compartment's membership passes 0.5, inside the brain: 2 oedema, 1 core and
+    necrosis, 4 enhancing."""
     seg = np.where(whole >= 0.5, 2, 0).astype(np.uint8)
     seg[core >= 0.5] = 1
     seg[enhancing >= 0.5] = 4
     seg[necrosis >= 0.5] = 1
     seg[brain < 0.5] = 0
-    return TumourMaps(box, whole, core, necrosis, enhancing, texture, seg)
+    return seg
 
 
-def tumour_box(centre_voxel: np.ndarray, radius_mm: float, spacing: float, within: Sequence[slice]):
+def tumour_box(
+    centre_voxel: np.ndarray, radius_mm: float, spacing: float, within: Sequence[slice]
+) -> tuple[slice, slice, slice]:
     """Voxel box around the tumour (its whole extent, with room for the spread along white matter), inside
     the box ``within``."""
     half = 1.9 * radius_mm / spacing + 2

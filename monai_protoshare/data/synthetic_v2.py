@@ -292,6 +292,25 @@ def _bias_field(rng: np.random.Generator, grid: _Grid) -> np.ndarray:
     return field
 
 
+def _acquire(
+    rng: np.random.Generator, grid: _Grid, tissue: np.ndarray, brain: np.ndarray, intensity: np.ndarray
+) -> np.ndarray:
+    """Images (4, *shape) float32 of the tissue map: per-tissue ``intensity`` (tissues x sequences) times a
+    smooth texture, a little partial volume (sigma 0.7 mm), a bias field, then Rician noise and a gain inside the
+    brain only (0 outside)."""
+    shape, spacing = grid.shape, grid.spacing
+    texture = 1 + _TEXTURE[tissue] * _smooth_field(rng, shape, 4.0 / spacing)
+    inside = np.flatnonzero(brain)
+    images = np.zeros((len(SEQUENCES), math.prod(shape)), dtype=np.float32)
+    for c in range(len(SEQUENCES)):
+        clean = ndimage.gaussian_filter(intensity[tissue, c] * texture, 0.7 / spacing, truncate=2.0)
+        clean = (clean * _bias_field(rng, grid)).ravel()[inside]
+        noise = rng.standard_normal((2, inside.size), dtype=np.float32) * np.float32(_NOISE_SIGMA)
+        gain = np.float32(rng.uniform(*_GAIN_RANGE))
+        images[c, inside] = np.sqrt((clean + noise[0]) ** 2 + noise[1] ** 2) * gain
+    return images.reshape(len(SEQUENCES), *shape)
+
+
 def generate_case_v2(
     index: int,
     *,
@@ -333,17 +352,7 @@ def generate_case_v2(
     # Each tumour enhances to its own degree: HGG rims strongly (ambiguous ones faintly), LGG spots faintest.
     intensity[_ENHANCING, 1] = rng.uniform(1.40, 1.55) if ambiguous else rng.uniform(1.7, 2.0)
     intensity[_LGG_SPOT, 1] = rng.uniform(1.0, 1.2)
-    texture = 1 + _TEXTURE[tissue] * _smooth_field(rng, shape, 4.0 / spacing)
-    inside = np.flatnonzero(brain)
-    images = np.zeros((len(SEQUENCES), math.prod(shape)), dtype=np.float32)
-    for c in range(len(SEQUENCES)):
-        # A little partial volume (sigma 0.7 mm), the bias field, then Rician noise inside the brain only.
-        clean = ndimage.gaussian_filter(intensity[tissue, c] * texture, 0.7 / spacing, truncate=2.0)
-        clean = (clean * _bias_field(rng, grid)).ravel()[inside]
-        noise = rng.standard_normal((2, inside.size), dtype=np.float32) * np.float32(_NOISE_SIGMA)
-        gain = np.float32(rng.uniform(*_GAIN_RANGE))
-        images[c, inside] = np.sqrt((clean + noise[0]) ** 2 + noise[1] ** 2) * gain
-    images = images.reshape(len(SEQUENCES), *shape)
+    images = _acquire(rng, grid, tissue, brain, intensity)
     seg = _SEG_LABEL[tissue]
     case = SyntheticCase(
         subject_id=subject_id(index),

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from monai_protoshare.data.cases import SEQUENCES
-from monai_protoshare.data.synthetic_anatomy import CaseGrid, draw_warp, load_atlas
+from monai_protoshare.data.synthetic_anatomy import CaseGrid, Warp, draw_warp, load_atlas
 from monai_protoshare.data.synthetic_common import default_shape, smooth_field, subject_id
 from monai_protoshare.data.synthetic_tumour import TumourMaps, TumourPlan, plan_tumour, tumour_box, tumour_maps
 
@@ -232,18 +232,63 @@ def generate_case_v3(
 
     jitter = np.random.default_rng([seed, index, 2]).normal(1.0, contrast_jitter, (3, len(SEQUENCES)))
     table = _intensities(rng, plan, np.clip(jitter, 0.5, 1.5))
+    images = _healthy_images(rng, tau, table, spacing)
+    _paint_tumour(images, maps, plan, table, box0)
+    n_vessels, n_spots = _distractors(images, rng, grid, box0, tau, brain, plan, table)
+    out, sigma = _acquire(rng, images, brain, grid, box0, shape)
+    seg = np.zeros(shape, dtype=np.uint8)
+    seg[tbox] = maps.seg
+    voxel_ml = spacing**3 / 1000
+    volumes = [round(float((seg == k).sum() * voxel_ml), 2) for k in (1, 2, 4)]
+    return (
+        out,
+        seg,
+        _case_record(
+            index,
+            is_lgg,
+            ambiguous,
+            plan,
+            centre_voxel,
+            volumes,
+            brain,
+            voxel_ml,
+            warp,
+            grid,
+            sigma,
+            n_vessels,
+            n_spots,
+        ),
+    )
+
+
+def _healthy_images(
+    rng: np.random.Generator, tau: np.ndarray, table: dict[str, np.ndarray], spacing: float
+) -> np.ndarray:
+    """(4, *tau.shape) healthy-tissue images: each sequence piecewise linear in the tissue coordinate ``tau``
+    between the CSF, grey- and white-matter values of ``table``, times a smooth texture."""
     low, high = np.minimum(tau, 1), np.maximum(tau - 1, 0)
     texture = 1 + np.float32(_TEXTURE["healthy"]) * smooth_field(rng, tau.shape, 4.0 / spacing)
-    images = np.stack(
+    return np.stack(
         [
             (table["csf"][c] + (table["gm"][c] - table["csf"][c]) * low + (table["wm"][c] - table["gm"][c]) * high)
             * texture
             for c in range(len(SEQUENCES))
         ]
     )
-    _paint_tumour(images, maps, plan, table, box0)
-    n_vessels, n_spots = _distractors(images, rng, grid, box0, tau, brain, plan, table)
 
+
+def _acquire(
+    rng: np.random.Generator,
+    images: np.ndarray,
+    brain: np.ndarray,
+    grid: CaseGrid,
+    box0: tuple[slice, ...],
+    shape: tuple[int, ...],
+) -> tuple[np.ndarray, float]:
+    """The scanner's part: per sequence a bias field, Rician noise and a gain, inside the brain only.
+
+    Returns the (4, *shape) float32 images on the whole grid (0 outside the brain) and the case's noise sigma.
+    """
     inside = np.nonzero(brain)
     axes = grid.axes(box0)
     coords = [axes[k].ravel()[inside[k]] for k in range(3)]
@@ -255,11 +300,26 @@ def generate_case_v3(
         noise = rng.standard_normal((2, clean.size), dtype=np.float32) * np.float32(sigma * rng.uniform(0.8, 1.25))
         gain = np.float32(rng.uniform(*_GAIN_RANGE))
         out[c][full] = np.sqrt((clean + noise[0]) ** 2 + noise[1] ** 2) * gain
-    seg = np.zeros(shape, dtype=np.uint8)
-    seg[tbox] = maps.seg
-    voxel_ml = spacing**3 / 1000
-    volumes = [round(float((seg == k).sum() * voxel_ml), 2) for k in (1, 2, 4)]
-    case = SyntheticCaseV3(
+    return out, sigma
+
+
+def _case_record(
+    index: int,
+    is_lgg: bool,
+    ambiguous: bool,
+    plan: TumourPlan,
+    centre_voxel: np.ndarray,
+    volumes: list[float],
+    brain: np.ndarray,
+    voxel_ml: float,
+    warp: Warp,
+    grid: CaseGrid,
+    sigma: float,
+    n_vessels: int,
+    n_spots: int,
+) -> SyntheticCaseV3:
+    """The ground truth of a case, rounded for ``synthetic_cohort.json`` (volumes: NCR, ED, ET in ml)."""
+    return SyntheticCaseV3(
         subject_id=subject_id(index),
         grade="LGG" if is_lgg else "HGG",
         ambiguous=bool(ambiguous),
@@ -285,4 +345,3 @@ def generate_case_v3(
         n_vessels=n_vessels,
         n_flair_spots=n_spots,
     )
-    return out, seg, case

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -34,6 +34,56 @@ LOSS_TERMS = ("loss", "cls", "clst", "sep", "map", "oc", "div", "ortho", "fine",
 def loss_terms(output: dict | None) -> dict[str, float]:
     """The loss terms of an iteration's output, for StatsHandler/TensorBoardStatsHandler ``output_transform``."""
     return {k: output[k] for k in LOSS_TERMS if output and k in output}
+
+
+def _check_arguments(
+    schedule: TrainingSchedule,
+    max_epochs: int | None,
+    is_cnn: bool,
+    mask_shift_lr_factor: float,
+    frozen_encoder_epochs: int,
+    push_data_loader: Any,
+) -> None:
+    """:class:`PrototypeTrainer`'s argument checks, each a ``ValueError`` naming the argument."""
+    total = schedule.total_epochs
+    if max_epochs is not None and int(max_epochs) != total:
+        raise ValueError(
+            f"max_epochs={max_epochs} disagrees with the schedule's total of {total} epochs "
+            f"({schedule}); change the schedule's epoch counts instead."
+        )
+    if is_cnn and schedule.latent_epochs:
+        raise ValueError(
+            "a CNNClassifier has no prototypes: its schedule must have latent_epochs=0 "
+            f"(only warm-up epochs); got {schedule}."
+        )
+    if mask_shift_lr_factor <= 0:
+        raise ValueError(f"mask_shift_lr_factor multiplies latent_lr and must be positive; got {mask_shift_lr_factor}.")
+    if not 0 <= int(frozen_encoder_epochs) <= schedule.latent_epochs:
+        raise ValueError(
+            f"frozen_encoder_epochs must be within 0..latent_epochs={schedule.latent_epochs}; "
+            f"got {frozen_encoder_epochs}."
+        )
+    if schedule.latent_epochs and push_data_loader is None:
+        raise ValueError("push_data_loader (the un-augmented training fold) is required for the push.")
+
+
+def _latent_parameter_groups(
+    network: nn.Module, latent_lr: float, mask_shift_lr_factor: float = 1.0
+) -> list[dict[str, Any]]:
+    """Stage-1 AdamW parameter groups (App. D.5): encoder, add-ons and mapping modules with the optimiser's weight
+    decay, prototypes without; with ``mask_shift_lr_factor`` other than 1 the mapping modules' last BN shifts
+    (:meth:`PrototypeNetwork.mask_shift_parameters`) form a third group at ``latent_lr * mask_shift_lr_factor``
+    without weight decay."""
+    groups = network.parameter_groups()
+    shifts = network.mask_shift_parameters() if mask_shift_lr_factor != 1.0 else []
+    separate = {id(p) for p in shifts}
+    latent_groups = [
+        {"params": [p for p in groups["encoder"] + groups["add_ons"] + groups["mapping"] if id(p) not in separate]},
+        {"params": groups["prototypes"], "weight_decay": 0.0},
+    ]
+    if shifts:
+        latent_groups.append({"params": shifts, "lr": latent_lr * mask_shift_lr_factor, "weight_decay": 0.0})
+    return latent_groups
 
 
 class PrototypeTrainer(Trainer):
@@ -99,9 +149,9 @@ class PrototypeTrainer(Trainer):
         self,
         device: torch.device | str,
         network: nn.Module,
-        train_data_loader,
+        train_data_loader: Iterable[Any],
         schedule: TrainingSchedule,
-        push_data_loader=None,
+        push_data_loader: Iterable[Any] | None = None,
         latent_loss: nn.Module | None = None,
         classifier_loss: nn.Module | None = None,
         max_epochs: int | None = None,
@@ -127,33 +177,12 @@ class PrototypeTrainer(Trainer):
         additional_metrics: dict | None = None,
         epoch_length: int | None = None,
     ) -> None:
-        total = schedule.total_epochs
-        if max_epochs is not None and int(max_epochs) != total:
-            raise ValueError(
-                f"max_epochs={max_epochs} disagrees with the schedule's total of {total} epochs "
-                f"({schedule}); change the schedule's epoch counts instead."
-            )
         is_cnn = isinstance(network, CNNClassifier)
-        if is_cnn and schedule.latent_epochs:
-            raise ValueError(
-                "a CNNClassifier has no prototypes: its schedule must have latent_epochs=0 "
-                f"(only warm-up epochs); got {schedule}."
-            )
-        if mask_shift_lr_factor <= 0:
-            raise ValueError(
-                f"mask_shift_lr_factor multiplies latent_lr and must be positive; got {mask_shift_lr_factor}."
-            )
-        if not 0 <= int(frozen_encoder_epochs) <= schedule.latent_epochs:
-            raise ValueError(
-                f"frozen_encoder_epochs must be within 0..latent_epochs={schedule.latent_epochs}; "
-                f"got {frozen_encoder_epochs}."
-            )
-        if schedule.latent_epochs and push_data_loader is None:
-            raise ValueError("push_data_loader (the un-augmented training fold) is required for the push.")
+        _check_arguments(schedule, max_epochs, is_cnn, mask_shift_lr_factor, frozen_encoder_epochs, push_data_loader)
         use_amp = bool(amp) and torch.device(device).type == "cuda"
         super().__init__(
             device=device,
-            max_epochs=total,
+            max_epochs=schedule.total_epochs,
             data_loader=train_data_loader,
             epoch_length=epoch_length,
             non_blocking=non_blocking,
@@ -191,29 +220,24 @@ class PrototypeTrainer(Trainer):
         )
         self.latent_optimizer = self.latent_scheduler = self.classifier_optimizer = None
         if not is_cnn:
-            groups = network.parameter_groups()
-            shifts = network.mask_shift_parameters() if mask_shift_lr_factor != 1.0 else []
-            separate = {id(p) for p in shifts}
-            latent_groups = [
-                {
-                    "params": [
-                        p for p in groups["encoder"] + groups["add_ons"] + groups["mapping"] if id(p) not in separate
-                    ]
-                },
-                {"params": groups["prototypes"], "weight_decay": 0.0},
-            ]
-            if shifts:
-                latent_groups.append({"params": shifts, "lr": latent_lr * mask_shift_lr_factor, "weight_decay": 0.0})
-            self.latent_optimizer = torch.optim.AdamW(latent_groups, lr=latent_lr, weight_decay=latent_weight_decay)
+            self.latent_optimizer = torch.optim.AdamW(
+                _latent_parameter_groups(network, latent_lr, mask_shift_lr_factor),
+                lr=latent_lr,
+                weight_decay=latent_weight_decay,
+            )
             self.latent_scheduler = WarmupCosineSchedule(
                 self.latent_optimizer,
                 warmup_steps=lr_warmup_epochs,
                 t_total=max(schedule.latent_epochs, 1),
                 warmup_multiplier=lr_warmup_multiplier,
             )
-            self.classifier_optimizer = torch.optim.Adam(groups["classifier"], lr=classifier_lr)
+            self.classifier_optimizer = torch.optim.Adam(network.parameter_groups()["classifier"], lr=classifier_lr)
+        self._attach_own_handlers()
+        if train_handlers is not None:
+            self._register_handlers(train_handlers)
 
-        # the trainer's own steps, attached before the user's handlers so that checkpoints follow the push
+    def _attach_own_handlers(self) -> None:
+        """The trainer's own steps, attached before the user's handlers so that checkpoints follow the push."""
         self.add_event_handler(Events.EPOCH_STARTED, self._reseed)
         if self.distributed:
             self.add_event_handler(Events.STARTED, lambda _: broadcast_state(self.network, self.warmup_model))
@@ -221,8 +245,6 @@ class PrototypeTrainer(Trainer):
         if self.latent_scheduler is not None:
             self.add_event_handler(Events.EPOCH_COMPLETED, self._step_latent_scheduler)
             self.add_event_handler(Events.EPOCH_COMPLETED, self._push)
-        if train_handlers is not None:
-            self._register_handlers(train_handlers)
 
     # ------------------------------------------------------------------ state for checkpoints
     def checkpoint_objects(self) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from .. import __version__
 from ..io import atomic_path
 
 if TYPE_CHECKING:
+    from highdicom.seg import SegmentDescription
     from pydicom.dataset import Dataset
 
 __all__ = [
@@ -127,6 +128,22 @@ def series_label_volume(image: nib.Nifti1Image, datasets: Sequence[Dataset]) -> 
     return np.stack(frames)
 
 
+def _evidence_segment(segment_label: str, algorithm_name: str) -> SegmentDescription:
+    """The SEG's one segment: a saliency map (DCM 'Saliency') computed automatically by an AI algorithm."""
+    hd = _dicom_extra("highdicom")
+    codes = _dicom_extra("pydicom.sr.codedict").codes
+    return hd.seg.SegmentDescription(
+        segment_number=1,
+        segment_label=segment_label,
+        segmented_property_category=codes.SCT.SpatialAndRelationalConcept,
+        segmented_property_type=codes.DCM.Saliency,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=hd.AlgorithmIdentificationSequence(
+            name=algorithm_name, family=codes.cid7162.ArtificialIntelligence, version=__version__
+        ),
+    )
+
+
 def write_evidence_seg(
     labels: np.ndarray,
     source_datasets: Sequence[Dataset],
@@ -158,21 +175,11 @@ def write_evidence_seg(
         ValueError: when ``labels`` does not have one frame per source instance of their size.
     """
     hd = _dicom_extra("highdicom")
-    codes = _dicom_extra("pydicom.sr.codedict").codes
     labels = np.asarray(labels)
     expected = (len(source_datasets), int(source_datasets[0].Rows), int(source_datasets[0].Columns))
     if labels.shape != expected:
         raise ValueError(f"labels must be (frames, rows, columns) = {expected}; received {labels.shape}.")
-    segment = hd.seg.SegmentDescription(
-        segment_number=1,
-        segment_label=segment_label,
-        segmented_property_category=codes.SCT.SpatialAndRelationalConcept,
-        segmented_property_type=codes.DCM.Saliency,
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=hd.AlgorithmIdentificationSequence(
-            name=algorithm_name, family=codes.cid7162.ArtificialIntelligence, version=__version__
-        ),
-    )
+    segment = _evidence_segment(segment_label, algorithm_name)
     seg = hd.seg.Segmentation(
         source_images=list(source_datasets),
         pixel_array=(labels > 0).astype(np.uint8),

@@ -22,6 +22,10 @@ What a radiologist gets for one case, before any file is written
 Maps of single prototypes are density-rescaled like the class map (DESIGN §8): each scale's attention map is
 multiplied by its voxel count, so 1 means "uniform attention" at every scale.
 
+This module holds the records and the forward passes; the tensor maths is in
+:mod:`~monai_protoshare.explain.evidence_maths`, and what reads cases from a datalist (the sharedness reference
+set, the prototypes' source slices) in :mod:`~monai_protoshare.explain.evidence_sources`.
+
 Example:
     >>> net = build_network("um_protoshare", encoder_layers=(1, 1), encoder_widths=(4, 8), embedding_dim=8).eval()
     >>> [case] = explain_cases(net, torch.randn(1, 4, 16, 16, 8), ["case1"], top_k=3)
@@ -33,27 +37,35 @@ Example:
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
-from tqdm import tqdm
 
 from ..data.cases import CLASS_NAMES
-from ..networks import PrototypeNetwork, PrototypeOutput
+from ..networks import PrototypeNetwork
 from ..networks.modes import evaluating
-from .attribution import prototype_class_maps, upsample_to
+from .attribution import prototype_class_maps
+
+# The tensor maths (eq. 29-31) lives in evidence_maths; its names stay importable from here, where the
+# evidence's callers (tests, notebooks) have always found them.
+from .evidence_maths import (
+    OVERLAY_THRESHOLD,
+    evidence_mass_in_mask,
+    most_shared_prototypes,
+    overlay_cutoff,
+    prototype_contributions,
+    prototype_maps,
+    prototype_sharedness,
+)
 
 __all__ = [
     "OVERLAY_THRESHOLD",
     "CaseEvidence",
     "PrototypeCatalogue",
     "PrototypeSource",
-    "collect_prototype_sources",
-    "dataset_sharedness",
+    "check_prototype_network",
     "evidence_mass_in_mask",
     "explain_cases",
     "most_shared_prototypes",
@@ -65,11 +77,6 @@ __all__ = [
     "reference_similarities",
     "sequence_similarity_drops",
 ]
-
-logger = logging.getLogger(__name__)
-
-#: Relative level of the min-max normalised class evidence kept in the label overlay (AP's rule, DESIGN §8).
-OVERLAY_THRESHOLD = 0.5
 
 
 @dataclass
@@ -147,31 +154,15 @@ class PrototypeSource:
     slices: torch.Tensor
 
 
-def _check_prototype_network(network: Any) -> PrototypeNetwork:
+def check_prototype_network(network: Any) -> PrototypeNetwork:
+    """``network`` itself when it is a :class:`~monai_protoshare.networks.PrototypeNetwork`.
+
+    Raises:
+        ValueError: naming the type received, for the other model families (no prototype evidence).
+    """
     if not isinstance(network, PrototypeNetwork):
         raise ValueError(f"network must be a PrototypeNetwork (prototype evidence); received {type(network).__name__}.")
     return network
-
-
-def prototype_contributions(class_weights: torch.Tensor, similarities: torch.Tensor) -> torch.Tensor:
-    """Eq. (31), Fig. 5: ``Δy_c^k(x) = w_cls[c, k] · S_k(x)`` for every class and prototype.
-
-    Args:
-        class_weights: w_cls, (C, K).
-        similarities: S, (B, K).
-
-    Returns:
-        (B, C, K); summed over K it is the logits of the bias-free classifier (eq. 5).
-
-    Raises:
-        ValueError: when the prototype counts differ.
-    """
-    if similarities.ndim != 2 or class_weights.ndim != 2 or similarities.shape[1] != class_weights.shape[1]:
-        raise ValueError(
-            f"class_weights (C, K) and similarities (B, K) must share K; received {tuple(class_weights.shape)} "
-            f"and {tuple(similarities.shape)}."
-        )
-    return similarities.unsqueeze(1) * class_weights.unsqueeze(0).to(similarities)
 
 
 @torch.no_grad()
@@ -200,67 +191,6 @@ def sequence_similarity_drops(
     return (similarities.reshape(1, -1).to(ablated_similarities) - ablated_similarities).t()
 
 
-def prototype_maps(
-    network: PrototypeNetwork, output: PrototypeOutput, indices: Sequence[int], size: Sequence[int], case: int = 0
-) -> torch.Tensor:
-    """Attention maps of chosen prototypes of one case, density-rescaled and upsampled to ``size``.
-
-    Args:
-        network: the network that produced ``output``.
-        output: its :class:`~monai_protoshare.networks.PrototypeOutput` (attention (B, K_s, h, w, d) per scale).
-        indices: global prototype indices (scale order).
-        size: (H, W, D), the input grid.
-        case: which case of the batch.
-
-    Returns:
-        (len(indices), H, W, D): each map times its scale's voxel count (1 = uniform attention, DESIGN §8).
-    """
-    slices = network.scale_slices()
-    maps = []
-    for j in indices:
-        scale = next(i for i, sl in enumerate(slices) if sl.start <= j < sl.stop)
-        attention = output.attention[scale][case, j - slices[scale].start]  # (h, w, d)
-        scaled = attention * attention.numel()
-        maps.append(upsample_to(scaled[None, None], tuple(size))[0, 0])
-    if not maps:
-        return output.logits.new_zeros((0, *size))
-    return torch.stack(maps)
-
-
-def prototype_sharedness(similarities: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Population sharedness (App. G, eq. 29): ``φ_k = min_c mean_{n: y_n = c} S_k(x_n)``.
-
-    With one case per class this is the paper's ``min(S_k(x^LGG), S_k(x^HGG))``.
-
-    Args:
-        similarities: (N, K) over a reference set.
-        labels: (N,) class of each reference case.
-        num_classes: C; every class must occur in ``labels``.
-
-    Returns:
-        (K,).
-
-    Raises:
-        ValueError: when shapes disagree or a class has no reference case.
-    """
-    labels = torch.as_tensor(labels).reshape(-1).long()
-    if similarities.ndim != 2 or similarities.shape[0] != labels.numel():
-        raise ValueError(
-            f"similarities must be (N, K) with one label per row; received {tuple(similarities.shape)} and "
-            f"{labels.numel()} labels."
-        )
-    missing = [c for c in range(num_classes) if not bool((labels == c).any())]
-    if missing:
-        raise ValueError(f"sharedness needs reference cases of every class; classes {missing} have none.")
-    means = torch.stack([similarities[labels == c].mean(dim=0) for c in range(num_classes)])  # (C, K)
-    return means.min(dim=0).values
-
-
-def most_shared_prototypes(network: PrototypeNetwork, sharedness: torch.Tensor) -> list[int]:
-    """Eq. (30): ``k_s* = argmax_k φ_s^k`` for every active scale, as global indices."""
-    return [sl.start + int(sharedness[sl].argmax()) for sl in network.scale_slices()]
-
-
 @torch.no_grad()
 def reference_similarities(
     network: PrototypeNetwork,
@@ -278,7 +208,7 @@ def reference_similarities(
     Returns:
         similarities (N, K) and labels (N,), on the CPU.
     """
-    device = next(_check_prototype_network(network).parameters()).device
+    device = next(check_prototype_network(network).parameters()).device
     sims, labels = [], []
     with evaluating(network):
         for batch in batches:
@@ -290,44 +220,6 @@ def reference_similarities(
     return torch.cat(sims), torch.cat(labels)
 
 
-def dataset_sharedness(
-    network: PrototypeNetwork,
-    datalist: Sequence[Mapping[str, Any]],
-    transform,
-    image_key: str = "image",
-    label_key: str = "label",
-    progress: bool = True,
-) -> torch.Tensor | None:
-    """Population sharedness (:func:`prototype_sharedness`) over labelled datalist items, computed once per export.
-
-    Args:
-        network: the prototype network.
-        datalist: items with ``image`` (paths) and ``label``; unreadable ones are skipped with a warning.
-        transform: the preprocessing giving ``image`` (4, H, W, D).
-        image_key, label_key: item keys.
-        progress: show a tqdm bar.
-
-    Returns:
-        (K,), or ``None`` (with a warning) when some class has no readable reference case.
-    """
-
-    def batches():
-        for item in tqdm(datalist, desc="sharedness reference", leave=False, disable=not progress):
-            try:
-                image = torch.as_tensor(transform(dict(item))[image_key])
-            except Exception as err:  # a bad reference case costs its vote, not the export
-                logger.warning("reference case %s skipped (%s: %s)", item.get("subject_id"), type(err).__name__, err)
-                continue
-            yield {image_key: image[None], label_key: torch.tensor([int(item[label_key])])}
-
-    try:
-        similarities, labels = reference_similarities(network, batches(), image_key, label_key)
-        return prototype_sharedness(similarities, labels, network.num_classes)
-    except ValueError as err:
-        logger.warning("sharedness not computed: %s", err)
-        return None
-
-
 def prototype_catalogue(
     network: PrototypeNetwork, sharedness: torch.Tensor | None = None, class_names: Sequence[str] = CLASS_NAMES
 ) -> PrototypeCatalogue:
@@ -336,7 +228,7 @@ def prototype_catalogue(
     Raises:
         ValueError: when ``sharedness`` or ``class_names`` does not match the network.
     """
-    network = _check_prototype_network(network)
+    network = check_prototype_network(network)
     provenance = network.prototypes.provenance()
     total = len(provenance)
     if sharedness is not None and tuple(sharedness.shape) != (total,):
@@ -381,7 +273,7 @@ def explain_cases(
     Raises:
         ValueError: bad ``network``, ``images``, ``subject_ids``, ``target`` or ``top_k``.
     """
-    network = _check_prototype_network(network)
+    network = check_prototype_network(network)
     images = torch.as_tensor(images)
     if images.ndim != 5 or images.shape[1] != network.in_channels:
         raise ValueError(f"images must be (B, {network.in_channels}, H, W, D); received shape {tuple(images.shape)}.")
@@ -451,90 +343,3 @@ def _explain(
             )
         )
     return cases
-
-
-def collect_prototype_sources(
-    network: PrototypeNetwork,
-    datalist: Sequence[Mapping[str, Any]],
-    transform,
-    image_key: str = "image",
-    id_key: str = "subject_id",
-) -> dict[int, PrototypeSource]:
-    """Load each pushed prototype's source case once and keep the axial slice through its box's centre.
-
-    Args:
-        network: a pushed network (provenance filled by :func:`~monai_protoshare.explain.push.push_prototypes`).
-        datalist: items with ``image`` (paths) and ``subject_id``; prototypes whose source is not listed or
-            cannot be loaded are skipped with a warning.
-        transform: the preprocessing of the push (same spatial size and spacing: boxes are in its voxels).
-        image_key, id_key: item keys.
-
-    Returns:
-        global prototype index -> :class:`PrototypeSource`, for the prototypes whose source was found.
-    """
-    provenance = _check_prototype_network(network).prototypes.provenance()
-    by_id = {str(item[id_key]): item for item in datalist}
-    wanted: dict[str, list[dict[str, Any]]] = {}
-    for record in provenance:
-        if record["source_subject_id"] is not None:
-            wanted.setdefault(record["source_subject_id"], []).append(record)
-    missing = sorted(set(wanted) - set(by_id))
-    if missing:
-        logger.warning("prototype source cases not in the datalist (no source patch shown): %s", missing)
-    sources = {}
-    for subject, records in wanted.items():
-        if subject not in by_id:
-            continue
-        try:
-            image = torch.as_tensor(transform(dict(by_id[subject]))[image_key]).float()  # (4, H, W, D)
-        except Exception as err:  # a source that cannot be read costs its patches, not the export
-            logger.warning("prototype source %s could not be loaded (%s: %s)", subject, type(err).__name__, err)
-            continue
-        for record in records:
-            box = tuple(int(v) for v in record["source_box"])
-            z = min(max((box[2] + box[5]) // 2, 0), image.shape[-1] - 1)
-            sources[record["global_index"]] = PrototypeSource(subject, box, image[..., z].clone())
-    return sources
-
-
-def evidence_mass_in_mask(evidence_map: torch.Tensor | np.ndarray, mask: torch.Tensor | np.ndarray) -> float:
-    """Fraction of the evidence mass inside a mask: ``Σ_{v ∈ mask} max(M_v, 0) / Σ_v max(M_v, 0)``.
-
-    Computed on one grid (e.g. the exported native-space map and the native tumour segmentation), where all
-    voxels have the same volume. Negative values (none for eq. 28 maps) carry no mass.
-
-    Args:
-        evidence_map: (H, W, D) (or any shape) map.
-        mask: same shape; non-zero voxels are inside (e.g. the whole tumour, seg > 0).
-
-    Returns:
-        The fraction in [0, 1]; ``nan`` when the map has no positive mass.
-
-    Raises:
-        ValueError: when the shapes differ.
-    """
-    values = torch.as_tensor(np.asarray(evidence_map), dtype=torch.float64).clamp_min(0.0)
-    inside = torch.as_tensor(np.asarray(mask)) != 0
-    if values.shape != inside.shape:
-        raise ValueError(
-            f"evidence_map and mask must have the same shape; received {tuple(values.shape)} and {tuple(inside.shape)}."
-        )
-    total = float(values.sum())
-    if total <= 0.0:
-        return float("nan")
-    return float(values[inside].sum()) / total
-
-
-def overlay_cutoff(class_map: torch.Tensor, threshold: float = OVERLAY_THRESHOLD) -> float:
-    """The class-map value at the relative level ``threshold`` of its range on the network grid.
-
-    The label overlay keeps the voxels ``>=`` this value: the min-max normalisation and 0.5 threshold of the
-    activation-precision metric (eq. 25, DESIGN §8).
-
-    Raises:
-        ValueError: ``threshold`` outside [0, 1].
-    """
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"overlay_threshold must be in [0, 1]; received {threshold}.")
-    low, high = float(class_map.min()), float(class_map.max())
-    return low + threshold * (high - low)

@@ -40,14 +40,8 @@ from monai.transforms import Compose
 from ..data.cases import SEQUENCE_NAMES
 from ..data.transforms import to_native_space
 from ..io import atomic_path, write_json
-from .evidence import (
-    OVERLAY_THRESHOLD,
-    CaseEvidence,
-    PrototypeCatalogue,
-    PrototypeSource,
-    evidence_mass_in_mask,
-    overlay_cutoff,
-)
+from .evidence import CaseEvidence, PrototypeCatalogue, PrototypeSource
+from .evidence_maths import OVERLAY_THRESHOLD, evidence_mass_in_mask, overlay_cutoff
 from .figures import case_figure, save_figure
 
 __all__ = [
@@ -282,6 +276,37 @@ def case_report(
     }
 
 
+def _overlay_entries(
+    label: np.ndarray, cutoff: float, overlay_threshold: float, reference: nib.Nifti1Image
+) -> dict[str, Any]:
+    """The report's ``overlay`` (rule, cutoff, voxel count of the label) and ``native_space`` (shape, affine)."""
+    return {
+        "overlay": {
+            "label_value": 1,
+            "rule": f"class evidence >= min + {overlay_threshold} x (max - min) over the network grid",
+            "cutoff": cutoff,
+            "voxels": int(label.sum()),
+        },
+        "native_space": {"shape": list(reference.shape[:3]), "affine": np.asarray(reference.affine).tolist()},
+    }
+
+
+def _write_maps(
+    folder: Path, native: np.ndarray, label: np.ndarray, reference: nib.Nifti1Image, top_names: list[str]
+) -> dict[str, Any]:
+    """Write the class map ``native[0]``, its label overlay and the top prototypes' maps ``native[1:]`` (best
+    first) on the reference grid; return the ``files`` entry of the report."""
+    files: dict[str, Any] = {"class_evidence": CLASS_MAP_NAME, "label_overlay": LABEL_NAME}
+    write_nifti(folder / CLASS_MAP_NAME, native[0], reference)
+    write_nifti(folder / LABEL_NAME, label, reference)
+    files["prototype_maps"] = []
+    for rank, (name, volume) in enumerate(zip(top_names, native[1:], strict=True), start=1):
+        file_name = f"prototype_{rank:02d}_{name}.nii.gz"
+        write_nifti(folder / file_name, volume, reference)
+        files["prototype_maps"].append(file_name)
+    return files
+
+
 def write_case_evidence(
     evidence: CaseEvidence,
     catalogue: PrototypeCatalogue,
@@ -308,7 +333,7 @@ def write_case_evidence(
         output_dir: parent of the case folder.
         reference: the input T1-CE file (or image) whose grid the exports copy; default the file recorded in
             ``preprocessed_image.meta["filename_or_obj"]`` (the four sequences share one grid).
-        sources: prototype sources for the figure (:func:`~monai_protoshare.explain.evidence.collect_prototype_sources`).
+        sources: prototype sources for the figure (:func:`~monai_protoshare.explain.evidence_sources.collect_prototype_sources`).
         figure: also render ``case_figure.png``.
         overlay_threshold: relative level of the label overlay.
         tumour_mask: (X, Y, Z) native-space tumour mask (e.g. seg > 0); adds ``evidence_mass_in_tumour``.
@@ -331,26 +356,11 @@ def write_case_evidence(
     native = native_images(stack, preprocessed_image, transform, reference, "linear", subject)
     cutoff = overlay_cutoff(evidence.class_map, overlay_threshold)
     label = (native[0] >= cutoff).astype(np.uint8)
-    report_extra: dict[str, Any] = {
-        "overlay": {
-            "label_value": 1,
-            "rule": f"class evidence >= min + {overlay_threshold} x (max - min) over the network grid",
-            "cutoff": cutoff,
-            "voxels": int(label.sum()),
-        },
-        "native_space": {"shape": list(reference.shape[:3]), "affine": np.asarray(reference.affine).tolist()},
-    }
+    report_extra = _overlay_entries(label, cutoff, overlay_threshold, reference)
     if tumour_mask is not None:
         report_extra["evidence_mass_in_tumour"] = evidence_mass_in_mask(native[0], tumour_mask)
     with staged_case_dir(output_dir, subject, overwrite) as staging:
-        files: dict[str, Any] = {"class_evidence": CLASS_MAP_NAME, "label_overlay": LABEL_NAME}
-        write_nifti(staging / CLASS_MAP_NAME, native[0], reference)
-        write_nifti(staging / LABEL_NAME, label, reference)
-        files["prototype_maps"] = []
-        for rank, (j, volume) in enumerate(zip(top, native[1:], strict=True), start=1):
-            name = f"prototype_{rank:02d}_{names[j]}.nii.gz"
-            write_nifti(staging / name, volume, reference)
-            files["prototype_maps"].append(name)
+        files = _write_maps(staging, native, label, reference, [names[j] for j in top])
         if figure:
             fig = case_figure(torch.as_tensor(preprocessed_image), evidence, catalogue, sources)
             save_figure(fig, staging / FIGURE_NAME)

@@ -21,18 +21,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from matplotlib import colormaps
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from ..data.cases import SEQUENCE_NAMES
 from ..io import atomic_path
-from .evidence import (
-    OVERLAY_THRESHOLD,
-    CaseEvidence,
-    PrototypeCatalogue,
-    PrototypeSource,
-    overlay_cutoff,
-)
+from .evidence import CaseEvidence, PrototypeCatalogue, PrototypeSource
+from .evidence_maths import OVERLAY_THRESHOLD, overlay_cutoff
 
 __all__ = ["case_figure", "prototype_gallery", "save_figure"]
 
@@ -119,21 +115,31 @@ def case_figure(
         A ``Figure`` with 1 + (number of scales) rows and 4 columns.
     """
     image = torch.as_tensor(image).detach().float().cpu()
-    classes = catalogue.class_names
     sources = sources or {}
     rows = 1 + len(evidence.scale_prototypes)
     fig = Figure(figsize=(4 * _PANEL_INCHES, rows * _PANEL_INCHES), layout="constrained")
     axes = fig.subplots(rows, 4, squeeze=False)
+    _case_row(axes[0], image, evidence, catalogue, overlay_threshold)
+    for row, j in enumerate(evidence.scale_prototypes, start=1):
+        _prototype_row(axes[row], image, evidence, catalogue, j, sources.get(j))
+    return fig
 
+
+def _case_row(
+    axes: Sequence[Axes], image: torch.Tensor, evidence: CaseEvidence, catalogue: PrototypeCatalogue, threshold: float
+) -> None:
+    """First row: T1-CE and FLAIR at the class map's peak slice, the class evidence with its overlay contour,
+    and the prediction with the top prototypes' contributions."""
+    classes = catalogue.class_names
     z = _peak_slice(evidence.class_map)
     class_plane = evidence.class_map[..., z].numpy()
-    _show_mr(axes[0, 0], image[_T1CE, ..., z].numpy(), f"T1-CE  z={z}")
-    _show_mr(axes[0, 1], image[_FLAIR, ..., z].numpy(), "FLAIR")
-    _show_mr(axes[0, 2], image[_T1CE, ..., z].numpy(), f"class evidence ({classes[evidence.target]})")
-    _show_heat(axes[0, 2], class_plane, evidence.class_map)
-    cutoff = overlay_cutoff(evidence.class_map, overlay_threshold)
+    _show_mr(axes[0], image[_T1CE, ..., z].numpy(), f"T1-CE  z={z}")
+    _show_mr(axes[1], image[_FLAIR, ..., z].numpy(), "FLAIR")
+    _show_mr(axes[2], image[_T1CE, ..., z].numpy(), f"class evidence ({classes[evidence.target]})")
+    _show_heat(axes[2], class_plane, evidence.class_map)
+    cutoff = overlay_cutoff(evidence.class_map, threshold)
     if (class_plane >= cutoff).any():
-        axes[0, 2].contour(_display(class_plane >= cutoff).astype(float), levels=[0.5], colors="white", linewidths=0.8)
+        axes[2].contour(_display(class_plane >= cutoff).astype(float), levels=[0.5], colors="white", linewidths=0.8)
     probs = ", ".join(f"{c} {p:.2f}" for c, p in zip(classes, evidence.probabilities.tolist(), strict=True))
     label = "?" if evidence.label is None else classes[evidence.label]
     top = [
@@ -141,34 +147,43 @@ def case_figure(
         for j in evidence.top_prototypes
     ]
     _text(
-        axes[0, 3],
+        axes[3],
         [evidence.subject_id, f"prediction: {classes[evidence.prediction]}", f"label: {label}", probs, "",
          f"top prototypes (Δy_{classes[evidence.target]})", *top],
     )  # fmt: skip
 
-    for row, j in enumerate(evidence.scale_prototypes, start=1):
-        scale, k = catalogue.scales[j], catalogue.indices[j]
-        attention = evidence.maps[j]
-        zj = _peak_slice(attention)
-        _show_mr(axes[row, 0], image[_T1CE, ..., zj].numpy(), f"scale {scale}, prototype {k}: attention")
-        _show_heat(axes[row, 0], attention[..., zj].numpy(), attention)
-        _source_patch(axes[row, 1], sources.get(j))
-        drops = evidence.sequence_drops[j].numpy()
-        axes[row, 2].bar(range(len(SEQUENCE_NAMES)), drops, color=["tab:blue", "tab:red", "tab:green", "tab:purple"])
-        axes[row, 2].axhline(0.0, color="black", linewidth=0.5)
-        axes[row, 2].set_xticks(range(len(SEQUENCE_NAMES)), SEQUENCE_NAMES, fontsize=6)
-        axes[row, 2].tick_params(axis="y", labelsize=6)
-        axes[row, 2].set_title("similarity drop without sequence", fontsize=8)
-        sim = float(evidence.similarities[j])
-        lines = [f"S = {sim:.2f}"]
-        if catalogue.sharedness is not None:
-            lines.append(f"sharedness φ = {float(catalogue.sharedness[j]):.2f}")
-        lines.append("")
-        for c, name in enumerate(classes):
-            weight = float(catalogue.class_weights[c, j])
-            lines.append(f"{name}: {sim:.2f} × {weight:+.2f} = {float(evidence.contributions[c, j]):+.2f}")
-        _text(axes[row, 3], lines)
-    return fig
+
+def _prototype_row(
+    axes: Sequence[Axes],
+    image: torch.Tensor,
+    evidence: CaseEvidence,
+    catalogue: PrototypeCatalogue,
+    j: int,
+    source: PrototypeSource | None,
+) -> None:
+    """A scale's row for prototype ``j``: its attention at its peak slice, its source patch, the similarity drop
+    without each sequence, and its similarity, sharedness and contribution to each class."""
+    scale, k = catalogue.scales[j], catalogue.indices[j]
+    attention = evidence.maps[j]
+    zj = _peak_slice(attention)
+    _show_mr(axes[0], image[_T1CE, ..., zj].numpy(), f"scale {scale}, prototype {k}: attention")
+    _show_heat(axes[0], attention[..., zj].numpy(), attention)
+    _source_patch(axes[1], source)
+    drops = evidence.sequence_drops[j].numpy()
+    axes[2].bar(range(len(SEQUENCE_NAMES)), drops, color=["tab:blue", "tab:red", "tab:green", "tab:purple"])
+    axes[2].axhline(0.0, color="black", linewidth=0.5)
+    axes[2].set_xticks(range(len(SEQUENCE_NAMES)), SEQUENCE_NAMES, fontsize=6)
+    axes[2].tick_params(axis="y", labelsize=6)
+    axes[2].set_title("similarity drop without sequence", fontsize=8)
+    sim = float(evidence.similarities[j])
+    lines = [f"S = {sim:.2f}"]
+    if catalogue.sharedness is not None:
+        lines.append(f"sharedness φ = {float(catalogue.sharedness[j]):.2f}")
+    lines.append("")
+    for c, name in enumerate(catalogue.class_names):
+        weight = float(catalogue.class_weights[c, j])
+        lines.append(f"{name}: {sim:.2f} × {weight:+.2f} = {float(evidence.contributions[c, j]):+.2f}")
+    _text(axes[3], lines)
 
 
 def _source_patch(ax, source: PrototypeSource | None) -> None:

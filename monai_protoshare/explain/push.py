@@ -6,7 +6,9 @@ The computation only; :class:`~monai_protoshare.engines.PrototypeTrainer` runs i
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -65,7 +67,7 @@ def map_mass_box(attention: torch.Tensor, input_size: tuple[int, ...], fraction:
 @torch.no_grad()
 def push_prototypes(
     network: nn.Module,
-    data_loader,
+    data_loader: Iterable[Mapping[str, Any]],
     device: torch.device | str,
     epoch: int = -1,
     image_key: str = "image",
@@ -94,58 +96,91 @@ def push_prototypes(
     was_training = network.training
     network.eval()
     bank = network.prototypes
-    slices = bank.scale_slices()
-    total, dim = bank.num_prototypes, network.embedding_dim
-    best_sim = torch.full((total,), -float("inf"), device=device)
-    best_desc = torch.zeros(total, dim, device=device)
-    best_box = torch.full((total, 6), -1, dtype=torch.long)
-    best_id = [""] * total
-    identity = network.prototype_class_identity if network.ownership == "class_specific" else None
+    total = bank.num_prototypes
+    best = _Candidates.empty(total, network.embedding_dim, device)
     num_cases = 0
     matching_inputs, all_labels = [], []
     for batch in data_loader:
         images = batch[image_key].to(device)
         labels = torch.as_tensor(batch[label_key]).long().view(-1).to(device)
-        ids = list(batch[id_key])
         num_cases += images.shape[0]
         out = network.explain(images, online_cam=False)
         # what the similarities to the NEW prototypes are computed from: the descriptors (B, K_s, E), which do not
         # depend on the prototypes; for ProtoPNet the features G_s (B, E, H_s, W_s, D_s), whose best-matching voxels do
         matching_inputs.append([t.cpu() for t in (out.features if network.mapping == "none" else out.descriptors)])
         all_labels.append(labels.cpu())
-        for i, sl in enumerate(slices):
-            descriptors = out.descriptors[i].float()  # (B, K_s, E)
-            sims = F.cosine_similarity(descriptors, bank.vectors[i].unsqueeze(0).float(), dim=-1, eps=1e-8)
-            if identity is not None:
-                sims = sims.masked_fill(identity[labels][:, sl] == 0, -float("inf"))
-            batch_best, case = sims.max(dim=0)  # (K_s,)
-            for k in (batch_best > best_sim[sl]).nonzero().flatten().tolist():
-                j, b = sl.start + k, int(case[k])
-                best_sim[j] = batch_best[k]
-                best_desc[j] = descriptors[b, k]
-                best_id[j] = str(ids[b])
-                best_box[j] = map_mass_box(out.attention[i][b, k].float(), tuple(images.shape[2:]))
+        best.update(network, out, labels, list(batch[id_key]), tuple(images.shape[2:]))
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        best_sim, best_desc, best_box, best_id, num_cases = _gather_best(
-            best_sim, best_desc, best_box, best_id, num_cases
+        best.sim, best.desc, best.box, best.ids, num_cases = _gather_best(
+            best.sim, best.desc, best.box, best.ids, num_cases
         )
-    missing = [j for j in range(total) if best_id[j] == ""]
+    missing = [j for j in range(total) if best.ids[j] == ""]
     if missing:
         raise ValueError(
             f"push found no candidate for prototypes {missing} (global indices): the push data loader holds no "
             "case of their class."
         )
-    for i, sl in enumerate(slices):
-        bank.vectors[i].data.copy_(best_desc[sl].to(bank.vectors[i].dtype))
-    bank.set_source_ids(torch.arange(total), best_id)
-    bank.source_box.copy_(best_box)
-    bank.source_similarity.copy_(best_sim.to(bank.source_similarity))
-    bank.push_epoch.fill_(int(epoch))
+    best.write_to(bank, epoch)
     similarities = _similarities_after_push(network, matching_inputs, device)
     network.train(was_training)
     return PushResult(
-        best_sim.cpu(), best_id, best_box, num_cases, time.perf_counter() - start, similarities, torch.cat(all_labels)
+        best.sim.cpu(), best.ids, best.box, num_cases, time.perf_counter() - start, similarities, torch.cat(all_labels)
     )
+
+
+@dataclass
+class _Candidates:
+    """Each prototype's best-matching descriptor so far (eq. 20) and its provenance, global index order.
+
+    Attributes:
+        sim: (K_total,) cosine similarity of the descriptor to the old prototype (``-inf``: none yet).
+        desc: (K_total, E) the descriptor.
+        box: (K_total, 6) box of its attention map's mass in input voxels (:func:`map_mass_box`).
+        ids: its source case (``""``: none yet).
+    """
+
+    sim: torch.Tensor
+    desc: torch.Tensor
+    box: torch.Tensor
+    ids: list[str]
+
+    @classmethod
+    def empty(cls, total: int, dim: int, device: torch.device | str) -> _Candidates:
+        return cls(
+            torch.full((total,), -float("inf"), device=device),
+            torch.zeros(total, dim, device=device),
+            torch.full((total, 6), -1, dtype=torch.long),
+            [""] * total,
+        )
+
+    def update(
+        self, network: nn.Module, out: Any, labels: torch.Tensor, ids: list[str], input_size: tuple[int, ...]
+    ) -> None:
+        """Take a batch's better descriptors. Each prototype's candidates are computed with its own attention map
+        (eq. 14); a class-specific prototype only considers cases of its class."""
+        bank = network.prototypes
+        identity = network.prototype_class_identity if network.ownership == "class_specific" else None
+        for i, sl in enumerate(bank.scale_slices()):
+            descriptors = out.descriptors[i].float()  # (B, K_s, E)
+            sims = F.cosine_similarity(descriptors, bank.vectors[i].unsqueeze(0).float(), dim=-1, eps=1e-8)
+            if identity is not None:
+                sims = sims.masked_fill(identity[labels][:, sl] == 0, -float("inf"))
+            batch_best, case = sims.max(dim=0)  # (K_s,)
+            for k in (batch_best > self.sim[sl]).nonzero().flatten().tolist():
+                j, b = sl.start + k, int(case[k])
+                self.sim[j] = batch_best[k]
+                self.desc[j] = descriptors[b, k]
+                self.ids[j] = str(ids[b])
+                self.box[j] = map_mass_box(out.attention[i][b, k].float(), input_size)
+
+    def write_to(self, bank: nn.Module, epoch: int) -> None:
+        """Replace the prototypes by the descriptors and fill the bank's provenance buffers."""
+        for i, sl in enumerate(bank.scale_slices()):
+            bank.vectors[i].data.copy_(self.desc[sl].to(bank.vectors[i].dtype))
+        bank.set_source_ids(torch.arange(len(self.ids)), self.ids)
+        bank.source_box.copy_(self.box)
+        bank.source_similarity.copy_(self.sim.to(bank.source_similarity))
+        bank.push_epoch.fill_(int(epoch))
 
 
 def _similarities_after_push(network: nn.Module, matching_inputs: list[list[torch.Tensor]], device) -> torch.Tensor:

@@ -51,8 +51,10 @@ class TrainingCheckpointHandler:
     warm-up head, the trainer's epoch/iteration) and RNG states; it is written to a temporary file and
     renamed, so a kill during the write leaves the previous checkpoint intact (the next run deletes the
     temporary file at ``STARTED``). At ``COMPLETED``
-    ``<save_dir>/model.pt`` receives the network's state dict alone (the bundle's model file). Files are
-    loaded with ``torch.load(weights_only=True)``: a checkpoint cannot execute code.
+    ``<save_dir>/model.pt`` receives the network's state dict alone (the fold's model file), and so does
+    ``model_path`` when given (a bundle's ``models/model.pt``, which inference loads with MONAI's
+    ``CheckpointLoader``), written atomically too. Files are loaded with ``torch.load(weights_only=True)``: a
+    checkpoint cannot execute code.
 
     Args:
         save_dir: checkpoint folder (fold-indexed by the bundle).
@@ -61,12 +63,19 @@ class TrainingCheckpointHandler:
             :class:`~monai_protoshare.engines.PrototypeTrainer`), read at ``attach``.
         resume: load ``checkpoint.pt`` when it exists.
         rank: only rank 0 writes.
+        model_path: a second file for the final weights (``None``: none), e.g. ``<bundle_root>/models/model.pt``.
     """
 
     def __init__(
-        self, save_dir: str | os.PathLike, objects: dict[str, Any] | None = None, resume: bool = True, rank: int = 0
+        self,
+        save_dir: str | os.PathLike,
+        objects: dict[str, Any] | None = None,
+        resume: bool = True,
+        rank: int = 0,
+        model_path: str | os.PathLike | None = None,
     ) -> None:
         self.save_dir = Path(save_dir)
+        self.model_path = None if model_path is None else Path(model_path)
         self.objects = None if objects is None else self._with_rng(objects)
         self.resume = resume
         self.rank = rank
@@ -125,5 +134,9 @@ class TrainingCheckpointHandler:
     def save_model(self, engine) -> None:
         if self.rank != 0:
             return
-        with atomic_path(self.save_dir / MODEL_NAME) as tmp:
-            torch.save(self.objects["network"].state_dict(), tmp)
+        state = self.objects["network"].state_dict()
+        for path in [self.save_dir / MODEL_NAME] + ([] if self.model_path is None else [self.model_path]):
+            with atomic_path(path) as tmp:
+                torch.save(state, tmp)
+        if self.model_path is not None:
+            logger.info("final weights written to %s", self.model_path)

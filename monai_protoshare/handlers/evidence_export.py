@@ -9,18 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from ignite.engine import Events
+from ignite.engine import Engine, Events
 from monai.data import MetaTensor, decollate_batch
 from monai.transforms import Compose
 
 from ..data.cases import CLASS_NAMES
 from ..explain.dicom_seg import SegWriterFactory
-from ..explain.evidence import (
-    OVERLAY_THRESHOLD,
-    PrototypeSource,
-    explain_cases,
-    prototype_catalogue,
-)
+from ..explain.evidence import PrototypeSource, explain_cases, prototype_catalogue
+from ..explain.evidence_maths import OVERLAY_THRESHOLD
 from ..explain.evidence_writer import is_exported, native_images, reference_image, source_reference, write_case_evidence
 from ..networks import PrototypeNetwork
 
@@ -100,10 +96,10 @@ class EvidenceExportHandler:
         self.written: list[str] = []
         self.failures: dict[str, str] = {}
 
-    def attach(self, engine) -> None:
+    def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
 
-    def __call__(self, engine) -> None:
+    def __call__(self, engine: Engine) -> None:
         batch = engine.state.batch
         items = list(batch) if isinstance(batch, (list, tuple)) else decollate_batch(batch, detach=True)
         todo = []

@@ -35,13 +35,8 @@ from monai_protoshare.metrics import (
 )
 from monai_protoshare.metrics.activation_precision import DEFAULT_THRESHOLD
 from monai_protoshare.metrics.calibration import DEFAULT_BINS
-from monai_protoshare.metrics.incremental_deletion import (
-    CURVE_METRICS,
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_SEED,
-    DEFAULT_STEPS,
-    DELETION_ORDERS,
-)
+from monai_protoshare.metrics.deletion_steps import DEFAULT_BATCH_SIZE, DEFAULT_SEED, DEFAULT_STEPS, DELETION_ORDERS
+from monai_protoshare.metrics.incremental_deletion import CURVE_METRICS
 from monai_protoshare.metrics.utils import as_batch
 
 __all__ = ["ActivationPrecision", "BalancedAccuracy", "ExpectedCalibrationError", "IncrementalDeletion"]

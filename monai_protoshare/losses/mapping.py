@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..networks import resample
+from ..networks.layers import resize_trilinear
 
 __all__ = ["MappingLoss", "mapping_loss"]
 
@@ -21,7 +21,7 @@ def mapping_loss(mask: torch.Tensor, rescaled_mask: torch.Tensor, sparsity_weigh
     Returns:
         Scalar loss.
     """
-    resized = resample.resize_trilinear(mask, rescaled_mask.shape[2:], align_corners=True)
+    resized = resize_trilinear(mask, rescaled_mask.shape[2:], align_corners=True)
     loss = (resized - rescaled_mask).abs().mean()
     if sparsity_weight:
         loss = loss + sparsity_weight * mask.abs().mean()
@@ -58,7 +58,7 @@ class MappingLoss(nn.Module):
         losses = []
         for head, mask, features in zip(network.mapping_heads, output.masks, output.mapping_inputs):
             size = [max(1, round(r * n)) for n in features.shape[2:]]
-            rescaled = resample.resize_trilinear(features, size, align_corners=True)
+            rescaled = resize_trilinear(features, size, align_corners=True)
             rescaled_mask, _ = head(rescaled)
             losses.append(mapping_loss(mask, rescaled_mask, self.sparsity_weight))
         return losses

@@ -13,14 +13,12 @@ from monai_protoshare.metrics.calibration import (
     compute_expected_calibration_error,
     reliability_diagram,
 )
+from monai_protoshare.metrics.deletion_steps import deletion_counts, deletion_predictions, deletion_step_predictions
 from monai_protoshare.metrics.incremental_deletion import (
     IncrementalDeletionMetric,
     compute_incremental_deletion,
-    deletion_counts,
     deletion_curve,
-    deletion_predictions,
     deletion_score,
-    deletion_step_predictions,
 )
 
 __all__ = [

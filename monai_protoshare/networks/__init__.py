@@ -7,12 +7,12 @@ from .encoder import ResNetEncoder
 from .factory import MODEL_CONFIGURATIONS, build_network, model_names
 from .fpn_iaia_bl import FPNIAIABL, FeaturePyramid, PyramidWarmupClassifier, focal_similarity
 from .fusion import ConcatFusion, GatedFusion, MultiScaleFeatureFusion
+from .layers import resize_trilinear
 from .localisation import AddOn, MappingHead
 from .pretrained import inflate_resnet2d_state_dict, load_imagenet_resnet, load_medicalnet_resnet
 from .protonet import PrototypeNetwork, PrototypeOutput
 from .prototypes import PrototypeBank, masked_descriptors
 from .quadruplet_attention import QuadrupletAttention
-from .resample import resize_trilinear
 
 __all__ = [
     "FPNIAIABL",

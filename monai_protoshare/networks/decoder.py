@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import resample
+from .layers import resize_trilinear
 
 __all__ = ["ConvBlock", "UNetStyleDecoder"]
 
@@ -55,6 +55,6 @@ class UNetStyleDecoder(nn.Module):
             for j, block in enumerate(self.blocks):
                 if j == i:
                     # explicit target size: odd sizes never drift from the encoder's grid
-                    up = resample.resize_trilinear(decoded[0], encoder_features[i].shape[2:])
+                    up = resize_trilinear(decoded[0], encoder_features[i].shape[2:])
                     decoded.insert(0, block(up))
         return decoded

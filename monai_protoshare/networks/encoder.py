@@ -17,7 +17,9 @@ class AttentiveBottleneck(ResNetBottleneck):
     This is MAProtoNet's block (Li et al., 2024; ``reference/peers.md`` §3): ``out = ¼ Σ_branches G_k(out)``.
     """
 
-    def __init__(self, in_planes: int, planes: int, spatial_dims: int = 3, stride: int = 1, downsample=None) -> None:
+    def __init__(
+        self, in_planes: int, planes: int, spatial_dims: int = 3, stride: int = 1, downsample: nn.Module | None = None
+    ) -> None:
         super().__init__(in_planes, planes, spatial_dims=spatial_dims, stride=stride, downsample=downsample)
         self.attention = QuadrupletAttention()
 

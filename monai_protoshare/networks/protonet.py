@@ -12,6 +12,7 @@ from torch import nn
 from .architecture import ArchitectureSignature
 from .backbone import FeatureBackbone
 from .fusion import MultiScaleFeatureFusion
+from .layers import spatial_logsumexp
 from .localisation import MAPPING_MODES, AddOn, MappingHead
 from .prototypes import PrototypeBank, masked_descriptors
 
@@ -139,13 +140,7 @@ class PrototypeNetwork(ArchitectureSignature, nn.Module):
         self.scales = _check_scales(scales, prototypes_per_scale, self.backbone.encoder.num_scales)
         self.prototypes_per_scale = tuple(int(k) for k in prototypes_per_scale)
         self.online_cam = bool(online_cam) and self.mapping != "none"
-        if mapping_feature_fusion and (self.mapping == "none" or min(self.scales) < 2):
-            raise ValueError(
-                "mapping_feature_fusion fuses scale s-1 into the mapping input of scale s: it needs a mapping "
-                f"module and scales >= 2; got mapping={mapping!r}, scales={self.scales}."
-            )
-        if not 0.0 < topk_fraction <= 1.0:
-            raise ValueError(f"topk_fraction must be in (0, 1]; got {topk_fraction}.")
+        _check_mapping_options(self.mapping, self.scales, mapping_feature_fusion, topk_fraction)
         self.topk_fraction = float(topk_fraction)
         self.lse_r = float(lse_r)
         channels = [self.backbone.out_channels[s - 1] for s in self.scales]
@@ -168,14 +163,7 @@ class PrototypeNetwork(ArchitectureSignature, nn.Module):
         total = self.prototypes.num_prototypes
         self.classifier = nn.Linear(total, self.num_classes, bias=False)
         if self.ownership == "class_specific":
-            if total % self.num_classes:
-                raise ValueError(
-                    f"class-specific prototypes are split evenly among {self.num_classes} classes; "
-                    f"prototypes_per_scale={self.prototypes_per_scale} sums to {total}."
-                )
-            identity = torch.zeros(self.num_classes, total)
-            for c in range(self.num_classes):
-                identity[c, c * total // self.num_classes : (c + 1) * total // self.num_classes] = 1.0
+            identity = _class_identity(self.num_classes, self.prototypes_per_scale)
             self.register_buffer("prototype_class_identity", identity)
             # ProtoPNet's last-layer start: +1 for the own class, -0.5 for the others
             with torch.no_grad():
@@ -300,8 +288,8 @@ class PrototypeNetwork(ArchitectureSignature, nn.Module):
         """Online-CAM logits of one scale (MProtoNet): LSE-pool the mapping module's hidden features
         (``(logsumexp(r·A) − log V) / r``), apply its second convolution's weights ``projection``
         (K_s, hidden, 1, 1, 1) and this scale's classifier columns ``columns`` (C, K_s). (B, C)."""
-        flat = hidden.flatten(2)
-        pooled = (torch.logsumexp(self.lse_r * flat, dim=-1) - math.log(flat.shape[-1])) / self.lse_r
+        num_voxels = hidden[0, 0].numel()
+        pooled = (spatial_logsumexp(self.lse_r * hidden) - math.log(num_voxels)) / self.lse_r
         per_prototype = pooled @ projection.flatten(1).t()
         return per_prototype @ columns.t()
 
@@ -319,3 +307,27 @@ def _check_scales(scales: tuple[int, ...], prototypes_per_scale: tuple[int, ...]
             f"got {tuple(prototypes_per_scale)}."
         )
     return scales
+
+
+def _check_mapping_options(mapping: str, scales: tuple[int, ...], feature_fusion: bool, topk_fraction: float) -> None:
+    if feature_fusion and (mapping == "none" or min(scales) < 2):
+        raise ValueError(
+            "mapping_feature_fusion fuses scale s-1 into the mapping input of scale s: it needs a mapping "
+            f"module and scales >= 2; got mapping={mapping!r}, scales={scales}."
+        )
+    if not 0.0 < topk_fraction <= 1.0:
+        raise ValueError(f"topk_fraction must be in (0, 1]; got {topk_fraction}.")
+
+
+def _class_identity(num_classes: int, prototypes_per_scale: tuple[int, ...]) -> torch.Tensor:
+    """The ownership matrix A (C, K_total) of App. B.2: the prototypes split evenly and in order among the classes."""
+    total = sum(prototypes_per_scale)
+    if total % num_classes:
+        raise ValueError(
+            f"class-specific prototypes are split evenly among {num_classes} classes; "
+            f"prototypes_per_scale={prototypes_per_scale} sums to {total}."
+        )
+    identity = torch.zeros(num_classes, total)
+    for c in range(num_classes):
+        identity[c, c * total // num_classes : (c + 1) * total // num_classes] = 1.0
+    return identity

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .layers import spatial_contraction
+
 __all__ = ["PROVENANCE_ID_BYTES", "PrototypeBank", "masked_descriptors"]
 
 # Subject ids of pushed prototypes are stored as fixed-length UTF-8 byte rows, so provenance lives in the
@@ -24,7 +26,7 @@ def masked_descriptors(features: torch.Tensor, attention: torch.Tensor) -> torch
         Descriptors (B, K, E).
     """
     num_voxels = features[0, 0].numel()
-    return torch.einsum("bkv,bev->bke", attention.flatten(2), features.flatten(2)) / num_voxels
+    return spatial_contraction(attention, features) / num_voxels
 
 
 class PrototypeBank(nn.Module):

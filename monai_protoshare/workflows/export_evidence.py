@@ -40,19 +40,15 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import torch
-from monai.bundle import ConfigParser
+from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.transforms import Compose
 from tqdm import tqdm
 
 from ..data.cases import CLASS_NAMES, SEQUENCES
 from ..data.transforms import inference_transforms, transform_error
 from ..explain.dicom_seg import SegWriterFactory
-from ..explain.evidence import (
-    collect_prototype_sources,
-    dataset_sharedness,
-    explain_cases,
-    prototype_catalogue,
-)
+from ..explain.evidence import PrototypeCatalogue, PrototypeSource, explain_cases, prototype_catalogue
+from ..explain.evidence_sources import collect_prototype_sources, dataset_sharedness
 from ..explain.evidence_writer import is_exported, write_case_evidence
 from ..explain.figures import prototype_gallery, save_figure
 from ..io import write_json
@@ -170,15 +166,9 @@ def export_evidence(
             subject = str(item["subject_id"])
             start = time.perf_counter()
             try:
-                data = transform(dict(item))
-                [evidence] = explain_cases(
-                    network, data["image"].as_tensor()[None], [subject], None, top_k, sharedness, [item.get("label")]
-                )
-                t1ce = item["image"][_T1CE]
-                report = write_case_evidence(
-                    evidence, catalogue, data["image"], transform, output_dir, t1ce, sources=sources, figure=figures,
-                    tumour_mask=_tumour_mask(item), dicom_seg=dicom_seg(t1ce) if dicom_seg is not None else None,
-                    overwrite=overwrite, extra=extra,
+                report = _export_case(
+                    network, item, transform, output_dir, catalogue, sharedness, sources, top_k=top_k,
+                    figures=figures, overwrite=overwrite, extra=extra, dicom_seg=dicom_seg,
                 )  # fmt: skip
             except Exception as err:  # reported in the summary; never stops the batch
                 err = transform_error(err)
@@ -191,6 +181,35 @@ def export_evidence(
                 summary.evidence_mass_in_tumour[subject] = report["evidence_mass_in_tumour"]
     write_json(output_dir / SUMMARY_NAME, asdict(summary))
     return summary
+
+
+def _export_case(
+    network: PrototypeNetwork,
+    item: Mapping[str, Any],
+    transform: Compose,
+    output_dir: Path,
+    catalogue: PrototypeCatalogue,
+    sharedness: torch.Tensor | None,
+    sources: Mapping[int, PrototypeSource] | None,
+    *,
+    top_k: int,
+    figures: bool,
+    overwrite: bool,
+    extra: Mapping[str, Any] | None,
+    dicom_seg: SegWriterFactory | None,
+) -> dict[str, Any]:
+    """Preprocess, explain and write one case (:func:`export_evidence`'s arguments); return its report."""
+    subject = str(item["subject_id"])
+    data = transform(dict(item))
+    [evidence] = explain_cases(
+        network, data["image"].as_tensor()[None], [subject], None, top_k, sharedness, [item.get("label")]
+    )
+    t1ce = item["image"][_T1CE]
+    return write_case_evidence(
+        evidence, catalogue, data["image"], transform, output_dir, t1ce, sources=sources, figure=figures,
+        tumour_mask=_tumour_mask(item), dicom_seg=dicom_seg(t1ce) if dicom_seg is not None else None,
+        overwrite=overwrite, extra=extra,
+    )  # fmt: skip
 
 
 def _cases_to_do(
@@ -224,7 +243,7 @@ def cases_one_per_class_first(datalist: Sequence[Mapping[str, Any]], count: int)
 
 
 def export_for_workflow(
-    workflow, output_dir: str | os.PathLike, count: int = 2, top_k: int = 5, figures: bool = True
+    workflow: ConfigWorkflow, output_dir: str | os.PathLike, count: int = 2, top_k: int = 5, figures: bool = True
 ) -> list[Path]:
     """Evidence of ``count`` held-out cases of an initialised bundle ``ConfigWorkflow`` (train + evaluate configs),
     one per grade first; sharedness over the fold's training cases, which are also the prototype sources.

@@ -32,6 +32,7 @@ __all__ = [
     "BundleOptionError",
     "OptionCheckedWorkflow",
     "bad_cases",
+    "checked_weights_path",
     "command_line_edge",
     "exit_on_option_error",
     "fold_split",
@@ -66,8 +67,11 @@ class BundleOptionError(ValueError):
     code = EXIT_STATUS
 
     def __init__(self, option: str, message: str) -> None:
-        self.option = option
+        self.option, self.message = option, message
         super().__init__(f"{option}: {message}")
+
+    def __reduce__(self):  # picklable (a parallel cross-validation worker sends it back to its parent)
+        return type(self), (self.option, self.message)
 
 
 def option_error(error: BaseException) -> BundleOptionError | None:
@@ -219,9 +223,31 @@ def load_network_weights(network: nn.Module, path: str | os.PathLike, option: st
     Raises:
         BundleOptionError: missing/unreadable file, or weights of another model or configuration.
     """
+    network.load_state_dict(_checked_state(network, path, option))
+    logger.info("loaded weights from %s", path)
+    return network
+
+
+@command_line_edge
+def checked_weights_path(network: nn.Module, path: str | os.PathLike, option: str = "--model_path") -> str:
+    """``path`` once it is known to hold weights that fit ``network``: what a bundle hands MONAI's
+    ``CheckpointLoader``, so a missing file, a file with code in it or the weights of another model fail before
+    the run with the file and the option named (the loader itself reads it again, ``weights_only=True``).
+
+    Raises:
+        BundleOptionError: as :func:`load_network_weights`.
+    """
+    _checked_state(network, path, option)
+    return str(path)
+
+
+def _checked_state(network: nn.Module, path: str | os.PathLike, option: str) -> dict[str, torch.Tensor]:
+    """The state dict at ``path`` (``weights_only``), checked to have exactly ``network``'s tensor names and shapes."""
     path = Path(str(path))
     if not path.is_file():
-        raise BundleOptionError(option, f"checkpoint '{path}' not found (train the fold first, or pass its path).")
+        raise BundleOptionError(
+            option, f"weights file '{path}' not found (train first, e.g. configs/train.yaml, or pass its path)."
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated file, a pickle with code in it, not a torch file, ...
@@ -234,21 +260,21 @@ def load_network_weights(network: nn.Module, path: str | os.PathLike, option: st
         state = state["network"]
     if not isinstance(state, dict):
         raise BundleOptionError(option, f"'{path}' does not hold a state dict.")
-    try:
-        network.load_state_dict(state)
-    except RuntimeError as err:
-        expected, got = set(network.state_dict()), set(state)
+    expected = {name: tuple(getattr(tensor, "shape", ())) for name, tensor in network.state_dict().items()}
+    got = {name: tuple(getattr(tensor, "shape", ())) for name, tensor in state.items()}
+    missing, unexpected = set(expected) - set(got), set(got) - set(expected)
+    resized = [name for name in expected if name in got and got[name] != expected[name]]
+    if missing or unexpected or resized:
         detail = (
-            f"{len(expected - got)} tensors missing, {len(got - expected)} unexpected"
-            if expected != got
-            else str(err).splitlines()[-1].strip()
+            f"{len(missing)} tensors missing, {len(unexpected)} unexpected"
+            if missing or unexpected
+            else f"size mismatch for {resized[0]}: {got[resized[0]]} in the file, {expected[resized[0]]} in the network"
         )
         raise BundleOptionError(
             option,
             f"'{path}' holds weights of another model or configuration than '{type(network).__name__}' ({detail}).",
-        ) from None
-    logger.info("loaded weights from %s", path)
-    return network
+        )
+    return state
 
 
 @command_line_edge

@@ -7,8 +7,12 @@ The bundles train with MONAI's ``SupervisedTrainer``; this module supplies what 
   place of ``seg`` (3, H, W, D). ``label`` (the grade) passes through untouched.
 - :func:`seg_prepare_batch`: (image, region masks) for the trainer and evaluators (the default would read
   ``label``, the grade).
-- :class:`ProtoSegIteration`: one optimiser step on :class:`~monai_protoshare.losses.segmentation.ProtoSegLoss`,
-  which needs the similarities as well as the logits.
+- :class:`SegIteration`: one optimiser step of a plain segmentation network (SegResNet) with a data-parallel option:
+  gradients averaged over ranks by :mod:`~monai_protoshare.engines.distributed` (``multi_gpu_train.yaml``);
+  :class:`ProtoSegIteration`: the same on :class:`~monai_protoshare.losses.segmentation.ProtoSegLoss`, which needs
+  the similarities as well as the logits.
+- :func:`validation_postprocessing`: σ(logits) > threshold, the region masks the validation Dice of
+  ``train.yaml``'s per-epoch evaluator scores.
 """
 
 from __future__ import annotations
@@ -17,11 +21,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from monai.transforms import AsDiscreted, Compose, ConvertToMultiChannelBasedOnBratsClassesd
+import torch.distributed as dist
+from monai.transforms import Activationsd, AsDiscreted, Compose, ConvertToMultiChannelBasedOnBratsClassesd
 
 from monai_protoshare.data.transforms import eval_transforms, train_transforms
+from monai_protoshare.engines.distributed import average_gradients, broadcast_buffers, broadcast_state
 
-__all__ = ["ProtoSegIteration", "seg_prepare_batch", "seg_transforms"]
+__all__ = ["ProtoSegIteration", "SegIteration", "seg_prepare_batch", "seg_transforms", "validation_postprocessing"]
 
 SEG_KEY = "seg"
 
@@ -59,27 +65,63 @@ def seg_prepare_batch(
     return image, batchdata[SEG_KEY].to(device=device, non_blocking=non_blocking, **kwargs)
 
 
-class ProtoSegIteration:
-    """``iteration_update`` of a ``SupervisedTrainer`` for ProtoSeg: forward_features, loss terms, one step.
+def validation_postprocessing(threshold: float = 0.5) -> Compose:
+    """``pred`` logits (B, 3, H, W, D) -> region masks σ(logit) > ``threshold``, for MONAI's ``MeanDice``."""
+    return Compose([Activationsd("pred", sigmoid=True), AsDiscreted("pred", threshold=threshold)])
+
+
+class SegIteration:
+    """``iteration_update`` of a ``SupervisedTrainer`` for a segmentation network: forward, loss, one step.
+
+    The engine's ``loss_function`` maps (logits, masks) to a scalar (MONAI ``DiceCELoss``); the step is MONAI's
+    default iteration's (``SupervisedTrainer._iteration`` without AMP). With ``distributed`` and an initialised
+    process group it is data-parallel with DDP's meaning (:mod:`~monai_protoshare.engines.distributed`): the
+    first step starts every rank from rank 0's parameters and buffers, rank 0's buffers (BN statistics) are
+    broadcast before each forward, and the gradients are averaged over ranks, g = (1/N) Σ_r g_r, before the step.
+
+    Args:
+        distributed: average over ranks (``multi_gpu_train.yaml``); ignored when no process group is initialised.
+    """
+
+    def __init__(self, distributed: bool = False) -> None:
+        self.distributed = bool(distributed)
+        self._synchronised = False
+
+    def _parallel(self) -> bool:
+        return self.distributed and dist.is_available() and dist.is_initialized()
+
+    def loss_terms(self, engine, image: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+        """``(logits (B, R, H, W, D), {"loss": scalar})`` of one batch."""
+        logits = engine.inferer(image, engine.network)
+        return logits, {"loss": engine.loss_function(logits, target).mean()}
+
+    def __call__(self, engine, batchdata: dict[str, Any]) -> dict[str, Any]:
+        image, target = seg_prepare_batch(batchdata, engine.state.device, engine.non_blocking)
+        parallel = self._parallel()
+        if parallel and not self._synchronised:
+            broadcast_state(engine.network)
+            self._synchronised = True
+        engine.network.train()
+        engine.optimizer.zero_grad(set_to_none=True)
+        if parallel:
+            broadcast_buffers(engine.network)
+        logits, terms = self.loss_terms(engine, image, target)
+        terms["loss"].backward()
+        if parallel:
+            average_gradients(engine.network.parameters())
+        engine.optimizer.step()
+        result = {name: float(value.detach()) for name, value in terms.items() if name != "loss"}
+        return {"image": image, "label": target, "pred": logits.detach(), "loss": terms["loss"].detach(), **result}
+
+
+class ProtoSegIteration(SegIteration):
+    """``iteration_update`` for ProtoSeg: :meth:`~ProtoSegNetwork.forward_features`, the loss terms, one step.
 
     The engine's ``loss_function`` is a :class:`~monai_protoshare.losses.segmentation.ProtoSegLoss`; the returned
     output holds ``pred`` (logits), ``label`` (masks), ``loss`` and every term (``seg``, ``l1``, ``diversity``)
     as floats, for the StatsHandler and TensorBoard.
     """
 
-    def __call__(self, engine, batchdata: dict[str, Any]) -> dict[str, Any]:
-        image, target = seg_prepare_batch(batchdata, engine.state.device, engine.non_blocking)
-        engine.network.train()
-        engine.optimizer.zero_grad(set_to_none=True)
+    def loss_terms(self, engine, image: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
         output = engine.network.forward_features(image)
-        terms = engine.loss_function(output, target)
-        terms["loss"].backward()
-        engine.optimizer.step()
-        result = {name: float(value.detach()) for name, value in terms.items() if name != "loss"}
-        return {
-            "image": image,
-            "label": target,
-            "pred": output.logits.detach(),
-            "loss": terms["loss"].detach(),
-            **result,
-        }
+        return output.logits, engine.loss_function(output, target)

@@ -1,10 +1,11 @@
-"""The Table-1 report: mean ± std over folds of BAC, IDS and AP, one row per model/ablation, paper order.
+"""The Table-1 report: mean ± std over folds of BAC, IDS, AP and ECE, one row per model/ablation, paper order.
 
 ``python -m monai_protoshare.workflows.table1 --root outputs/cv`` collects ``<root>/<run>/fold<k>/metrics.json``
 (the layout :mod:`~monai_protoshare.workflows.crossval` writes) into ``table1.md`` and ``table1.csv``. The last
 column names the map the AP (and IDS) of each row was computed on: the class-map convention of a prototype model
 (``class_map`` in ``metrics.json``; eq. 28's reading, DESIGN §8, with ``ap_by_class_map`` holding the others) or the
-CNN's attribution method.
+CNN's attribution method. Where the cross-validation runner recorded it (``fold<k>/timing.json``), a row also
+gives the hours its folds took to train and evaluate.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ __all__ = [
     "mean_sd",
     "render_csv",
     "render_markdown",
+    "sample_mean_sd",
     "write_table",
 ]
 
@@ -85,20 +87,33 @@ PAPER_TABLE1 = {
     "um_protoshare_E3": ((89.21, 3.18), (5.98, 2.57), (85.80, 2.08)),
 }
 
-METRICS = (("bac", 100.0), ("ids", 1.0), ("ap", 100.0))  # metrics.json units -> percent
+METRICS = (("bac", 100.0), ("ids", 1.0), ("ap", 100.0), ("ece", 100.0))  # metrics.json units -> percent
 
 
 def collect(root: str | Path) -> dict[str, list[dict]]:
-    """``run -> [metrics.json of each fold]`` for every ``<root>/<run>/fold<k>/metrics.json``."""
+    """``run -> [metrics.json of each fold]`` for every ``<root>/<run>/fold<k>/metrics.json`` (with its
+    ``timing.json``, where present, under ``"timing"``)."""
     found: dict[str, list[dict]] = {}
     for path in sorted(Path(root).glob("*/fold*/metrics.json")):
-        found.setdefault(path.parent.parent.name, []).append(json.loads(path.read_text()))
+        metrics = json.loads(path.read_text())
+        timing = path.with_name("timing.json")
+        if timing.is_file():
+            metrics["timing"] = json.loads(timing.read_text())
+        found.setdefault(path.parent.parent.name, []).append(metrics)
     return found
 
 
 def mean_sd(values: list[float]) -> tuple[float, float] | None:
     """Mean and population std (ddof 0, as MProtoNet reports over folds)."""
     return (statistics.fmean(values), statistics.pstdev(values)) if values else None
+
+
+def sample_mean_sd(values: list[float]) -> tuple[float, float] | None:
+    """Mean and sample std (ddof 1: the spread of repeated runs, e.g. the demo over cohort seeds); the std of a
+    single value is NaN (undefined), None for no value."""
+    if not values:
+        return None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else float("nan")
 
 
 def _summary(folds: list[dict]) -> list[tuple[float, float] | None]:
@@ -119,6 +134,13 @@ def _attribution_map(folds: list[dict]) -> str:
     return ", ".join(sorted(names))
 
 
+def _hours(folds: list[dict]) -> str:
+    """Total training + evaluation time of a row's folds in hours (each fold's ``timing.json``, written by the
+    cross-validation runner), ``""`` when a fold has none."""
+    seconds = [f.get("timing", {}).get("train_s", 0.0) + f.get("timing", {}).get("evaluate_s", 0.0) for f in folds]
+    return f"{sum(seconds) / 3600:.2f}" if folds and all(f.get("timing") for f in folds) else ""
+
+
 def _table_rows(results: dict[str, list[dict]]) -> list[list[str]]:
     rows = []
     for row in ROWS:
@@ -129,13 +151,14 @@ def _table_rows(results: dict[str, list[dict]]) -> list[list[str]]:
         rows.append(
             [row.model, row.ablation, row.design, *(format_mean_sd(s) for s in ours), str(len(results[row.run]))]
             + ([format_mean_sd(s) for s in paper] if paper else ["", "", ""])
+            + [_hours(results[row.run])]
             + [_attribution_map(results[row.run])]
         )
     return rows
 
 
-HEADER = ["Model", "Ablation", "Design configuration", "BAC (%, ↑)", "IDS (%, ↓)", "AP (%, ↑)", "folds",
-          "paper BAC", "paper IDS", "paper AP", "AP map"]  # fmt: skip
+HEADER = ["Model", "Ablation", "Design configuration", "BAC (%, ↑)", "IDS (%, ↓)", "AP (%, ↑)", "ECE (%, ↓)",
+          "folds", "paper BAC", "paper IDS", "paper AP", "train + eval (h)", "AP map"]  # fmt: skip
 
 
 def render_markdown(results: dict[str, list[dict]], title: str = "Table 1 (mean ± std over folds)") -> str:

@@ -57,7 +57,7 @@ def test_check_properties_is_empty(bundle, workflow_type, configs, tmp_path, bun
     if workflow_type == "infer":  # inference loads trained weights at initialize
         sizes = {k: overrides[k] for k in ("encoder_layers", "encoder_widths", "embedding_dim")}
         torch.save(build_network(bundle, **sizes).state_dict(), tmp_path / "model.pt")
-        overrides = {**sizes, "ckpt_path": str(tmp_path / "model.pt")}
+        overrides = {**sizes, "model_path": str(tmp_path / "model.pt")}
     workflow = bundle_workflow(
         BUNDLES_DIR / bundle,
         configs,

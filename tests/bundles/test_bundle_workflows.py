@@ -55,7 +55,7 @@ def test_train_evaluate_infer_chain(bundle, bundle_cohort, tmp_path):
         **infer,
         dataset_dir=str(bundle_cohort),
         output_dir=str(out),
-        ckpt_path=str(models_dir / "model.pt"),
+        model_path=str(models_dir / "model.pt"),
         num_workers=0,
         top_k=2,
     )

@@ -104,7 +104,7 @@ def test_stages_push_and_evaluation(bundle_cohort, tmp_path):
         **{k: tiny_overrides(BUNDLE)[k] for k in sizes},
         dataset_dir=str(tmp_path / "cases.json"),
         output_dir=str(out),
-        ckpt_path=str(tmp_path / "fold1" / "checkpoints" / "model.pt"),
+        model_path=str(tmp_path / "fold1" / "checkpoints" / "model.pt"),
         num_workers=0,
         top_k=2,
     )
@@ -198,6 +198,7 @@ def test_two_process_gloo_training_keeps_the_ranks_identical_through_stages_a_an
     both ranks end with the same parameters (prototypes, pyramid, encoder, last layer)."""
     root = BUNDLES_DIR / BUNDLE
     overrides = {**tiny_overrides(BUNDLE), **SCHEDULE, "dataset_dir": str(bundle_cohort), "output_dir": str(tmp_path)}
+    overrides["model_path"] = "$None"  # the command line cannot pass None: "$None" evaluates to it
     args = []
     for key, value in overrides.items():
         args += [f"--{key}", json.dumps(value) if isinstance(value, list) else str(value)]

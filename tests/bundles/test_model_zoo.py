@@ -13,10 +13,19 @@ import pytest
 import torch
 import yaml
 from monai.bundle import verify_metadata
+from monai.handlers import CheckpointLoader
 
 from monai_protoshare.networks import build_network
 from monai_protoshare.workflows.demo import bundle_workflow
-from tests.bundles.conftest import BUNDLES_DIR
+from monai_protoshare.workflows.options import BundleOptionError
+from tests.bundles.conftest import BUNDLES_DIR, tiny_overrides
+from tests.bundles.test_fpn_iaia_bl_bundle import SCHEDULE as FPN_SCHEDULE
+from tests.bundles.test_seg_bundles import MODEL as TINY_SEG_MODELS
+from tests.bundles.test_seg_bundles import TINY_SEG
+
+#: network-size ids a tiny training run overrides that inference needs as well
+NETWORK_IDS = ("encoder_layers", "encoder_widths", "embedding_dim")
+SEG_NETWORK_IDS = ("num_prototypes", "init_filters", "blocks_down", "blocks_up")
 
 SCHEMA_COPY = BUNDLES_DIR / "schema" / "meta_schema.json"
 SCHEMA_URL = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
@@ -84,9 +93,67 @@ def test_readme_has_the_zoo_sections_in_order_and_the_torchscript_statement(bund
 
 
 @pytest.mark.parametrize("bundle", ALL_BUNDLES)
-def test_inference_reads_the_weights_from_bundle_root_models(bundle):
-    config = yaml.safe_load((BUNDLES_DIR / bundle / "configs" / "inference.yaml").read_text())
-    assert config["ckpt_path"] == "$os.path.join(@bundle_root, 'models', 'model.pt')"
+def test_training_writes_and_inference_reads_bundle_root_models_model_pt(bundle):
+    configs = BUNDLES_DIR / bundle / "configs"
+    default = "$os.path.join(@bundle_root, 'models', 'model.pt')"
+    inference = yaml.safe_load((configs / "inference.yaml").read_text())
+    assert yaml.safe_load((configs / "train.yaml").read_text())["model_path"] == inference["model_path"] == default
+    loader = inference["handlers"][0]
+    assert loader["_target_"] == "CheckpointLoader" and loader["load_path"] == "@model_path"
+
+
+def _tiny_training(bundle: str) -> tuple[dict, tuple[str, ...]]:
+    """Tiny training overrides of ``bundle`` (model_path left at its default) and the ids inference needs too."""
+    if bundle in TINY_SEG_MODELS:
+        overrides = {**TINY_SEG, **TINY_SEG_MODELS[bundle], "epochs": 1}
+        if bundle == "proto_seg":
+            overrides.update(last_layer_epochs=1)
+    else:
+        overrides = tiny_overrides(bundle)
+        if bundle == "fpn_iaia_bl":
+            overrides.update(FPN_SCHEDULE)
+    overrides.pop("model_path")
+    shared = ("spatial_size", "pixdim", *(k for k in SEG_NETWORK_IDS + NETWORK_IDS if k in overrides))
+    return overrides, shared
+
+
+@pytest.mark.parametrize("bundle", ALL_BUNDLES)
+def test_trained_weights_round_trip_through_models_model_pt(bundle, bundle_cohort, tmp_path):
+    """On a copy of the bundle, as the zoo holds it: a default training run writes ``<bundle_root>/models/model.pt``
+    (the fold's final weights), and inference given no path loads that file through MONAI's ``CheckpointLoader``;
+    without it, inference stops before any work, naming the file."""
+    root = tmp_path / bundle
+    shutil.copytree(BUNDLES_DIR / bundle, root, ignore=shutil.ignore_patterns("models", "outputs"))
+    overrides, shared = _tiny_training(bundle)
+    train = bundle_workflow(root, ["train.yaml"], dataset_dir=str(bundle_cohort), fold=0, **overrides)
+    train.run()
+    train.finalize()
+    model = root / "models" / "model.pt"
+    saved = torch.load(model, weights_only=True)
+    fold_model = torch.load(root / "outputs" / "fold0" / "checkpoints" / "model.pt", weights_only=True)
+    assert saved.keys() == fold_model.keys() and all(torch.equal(saved[k], fold_model[k]) for k in saved)
+
+    cases = tmp_path / "cases"
+    for case in sorted(p for p in bundle_cohort.iterdir() if p.is_dir())[:1]:
+        shutil.copytree(case, cases / case.name)
+    infer_overrides = {k: overrides[k] for k in shared}
+    infer = bundle_workflow(root, ["inference.yaml"], "infer", dataset_dir=str(cases), num_workers=0, **infer_overrides)
+    loader = infer.parser.get_parsed_content("handlers")[0]
+    assert isinstance(loader, CheckpointLoader) and loader.load_path == str(model)
+    network = infer.parser.get_parsed_content("network")
+    with torch.no_grad():  # what inference uses must come from the file, loaded when the evaluator starts
+        for parameter in network.parameters():
+            parameter.zero_()
+    infer.run()
+    # The parameters (zeroed above) are the file's again. Buffers are not compared: proto_seg's export handler, work in
+    # progress elsewhere, still runs the network in train mode (its BatchNorm statistics move during inference).
+    differing = [k for k, p in network.named_parameters() if not torch.equal(p.detach().cpu(), saved[k])]
+    assert not differing, differing
+    assert any(root.joinpath("outputs", "inference").iterdir())
+
+    model.unlink()
+    with pytest.raises(BundleOptionError, match=r"--model_path: weights file '.*models/model\.pt' not found"):
+        bundle_workflow(root, ["inference.yaml"], "infer", dataset_dir=str(cases), **infer_overrides)
 
 
 @pytest.mark.parametrize("bundle", [b for b in ("cnn", "fpn_iaia_bl") if b in ALL_BUNDLES])
@@ -109,7 +176,7 @@ def test_inference_evaluator_applies_the_bundle_postprocessing_once(bundle, bund
         num_workers=0,
         dataset_dir=str(cases),
         output_dir=str(tmp_path / "out"),
-        ckpt_path=str(tmp_path / "model.pt"),
+        model_path=str(tmp_path / "model.pt"),
     )
     workflow.run()
     rows = {r["subject_id"]: r for r in csv.DictReader(open(tmp_path / "out" / "predictions.csv"))}

@@ -16,6 +16,7 @@ def test_two_process_gloo_training(bundle_cohort, tmp_path):
         **tiny_overrides("um_protoshare"),
         "dataset_dir": str(bundle_cohort),
         "output_dir": str(tmp_path),
+        "model_path": "$None",  # the command line cannot pass None: "$None" evaluates to it
         "fold": 0,
     }
     args = []

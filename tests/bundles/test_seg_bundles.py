@@ -35,6 +35,7 @@ TINY_SEG = {
     "augment": False,
     "num_workers": 0,
     "validate#dataloader#num_workers": 0,
+    "model_path": None,  # no <bundle_root>/models/model.pt written into the repository's bundle folder
 }
 MODEL = {
     "proto_seg": {"embedding_dim": 16, "num_prototypes": 8, "epochs": 20},
@@ -94,7 +95,7 @@ def test_segresnet_bundle_trains_and_evaluates_with_seg_grad_cam(bundle_cohort, 
         "infer",
         **{k: overrides[k] for k in keys},
         **infer,
-        ckpt_path=ckpt,
+        model_path=ckpt,
     )
     workflow.run()
     written = sorted(out.glob("*/segmentation.nii.gz"))
@@ -114,7 +115,7 @@ def test_proto_seg_inference_writes_native_space_segmentation_and_evidence(bundl
         **{k: overrides[k] for k in keys},
         dataset_dir=str(bundle_cohort),
         output_dir=str(out),
-        ckpt_path=str(fold_dir / "checkpoints" / "model.pt"),
+        model_path=str(fold_dir / "checkpoints" / "model.pt"),
         prototypes_json=str(fold_dir / "prototypes.json"),
         num_workers=0,
         top_k=2,

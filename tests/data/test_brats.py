@@ -13,7 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from monai_protoshare.data import brats
+from monai_protoshare.data import brats, brats_cache, nifti_checks
 from monai_protoshare.data.brats import BratsDatasetError, find_dataset_root, load_brats_datalist
 from monai_protoshare.data.synthetic import generate_cohort
 
@@ -192,7 +192,7 @@ def test_second_call_reads_no_voxels_until_a_file_changes(tiny_cohort, tmp_path,
     first = load_brats_datalist(root)
     assert (root / brats.CACHE_NAME).is_file()
     read = []
-    monkeypatch.setattr(brats, "_check_voxels", lambda job: read.append(job[1].name))
+    monkeypatch.setattr(nifti_checks, "check_voxels", lambda job: read.append(job[1].name))
     assert load_brats_datalist(root) == first and read == []
     flair = _nifti_path(root, "BraTS20_Training_004", "flair")
     nib.save(nib.load(flair), flair)  # rewritten: new modification time
@@ -203,16 +203,16 @@ def test_second_call_reads_no_voxels_until_a_file_changes(tiny_cohort, tmp_path,
 def test_cache_goes_to_the_user_cache_folder_when_the_data_folder_is_read_only(tiny_cohort, tmp_path, monkeypatch):
     root = _copy(tiny_cohort, tmp_path / "c")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user_cache"))
-    write_json = brats.write_json
+    write_json = brats_cache.write_json
 
     def read_only_data(path, obj):
         if Path(path).parent == root.resolve():
             raise PermissionError(13, "Permission denied", str(path))
         return write_json(path, obj)
 
-    monkeypatch.setattr(brats, "write_json", read_only_data)
+    monkeypatch.setattr(brats_cache, "write_json", read_only_data)
     load_brats_datalist(root)
     assert not (root / brats.CACHE_NAME).exists()
     assert len(list((tmp_path / "user_cache" / "monai_protoshare" / "brats_validation").glob("*.json"))) == 1
-    monkeypatch.setattr(brats, "_check_voxels", lambda job: pytest.fail("voxels read despite the user cache"))
+    monkeypatch.setattr(nifti_checks, "check_voxels", lambda job: pytest.fail("voxels read despite the user cache"))
     load_brats_datalist(root)

@@ -185,3 +185,21 @@ def test_to_native_space_rejects_a_map_of_the_wrong_grid_or_mode(datalist):
         to_native_space(out["mask"], out["image"], transform, mode="cubic")
     with pytest.raises(ValueError, match="applied_operations"):
         to_native_space(out["mask"], out["image"].as_tensor(), transform)
+
+
+def test_loading_from_several_threads_never_mixes_cases(datalist):
+    # CacheDataset loads with a thread pool through one transform object: MONAI's NibabelReader keeps the names of
+    # its last read on itself, so a shared reader paired one thread's images with another's seg (issue 23)
+    from concurrent.futures import ThreadPoolExecutor
+
+    from monai_protoshare.data.transforms import LoadSequencesd
+
+    load = LoadSequencesd(["image", "seg"])
+    items = list(datalist) * 8
+
+    def shape(item):
+        return tuple(load(dict(item))["image"].shape)
+
+    for _ in range(3):
+        with ThreadPoolExecutor(4) as pool:
+            assert {s[0] for s in pool.map(shape, items)} == {4}

@@ -14,12 +14,13 @@ from scipy import ndimage
 
 from data_prep.atlas import load_atlas
 from data_prep.brats_layout import NAME_MAPPING_COLUMNS, update_name_mapping
+from data_prep.clinical_simulation import simulate_clinical_case
 from data_prep.dicom_study_writer import CONTRASTS
 from data_prep.geometry import LPS_TO_RAS
-from data_prep.known_motion import transform_error_mm
+from data_prep.known_motion import transform_error_deg, transform_error_mm
 from data_prep.native_space import load_case_record, map_to_original
 from data_prep.pipeline import PrepOptions, prepare_dicom_study, prepare_nifti_case
-from data_prep.quality import MIN_ATLAS_DICE, RegistrationQualityError
+from data_prep.quality import MIN_ATLAS_DICE, RegistrationQualityError, foreground
 
 from .conftest import TEST_REGISTRATION_SPACING
 
@@ -89,7 +90,47 @@ def test_record_holds_original_geometry_sources_and_quality(prepared, study):
         assert entry["source"]["identification"]["series_uid"] == study.series[sequence]
         assert len(entry["source"]["files"]) == study.images[sequence].GetSize()[2]
     assert record["quality"]["atlas_dice"] > 0.85
-    assert min(record["quality"][f"{s}_dice"] for s in ("t1", "t2", "flair")) > 0.9
+    # Every QC score against the reference (T1): foreground Dice and the sequence-agreement NMI and gain.
+    assert min(record["quality"][f"{s}_dice"] for s in ("t1ce", "t2", "flair")) > 0.9
+    assert min(record["quality"][f"{s}_nmi"] for s in ("t1ce", "t2", "flair")) > 1.04
+    assert max(record["quality"][f"{s}_nmi_gain"] for s in ("t1ce", "t2", "flair")) <= 0.0
+    assert record["sequences"]["t1"]["registration"]["fixed"] == "sri24"
+    assert {record["sequences"][s]["registration"]["fixed"] for s in ("t1ce", "t2", "flair")} == {"t1"}
+
+
+def _stripped(image: sitk.Image) -> sitk.Image:
+    """``image`` with the background set to 0, as a skull-stripped NIfTI input has it (tissue mask, holes filled)."""
+    values = sitk.GetArrayFromImage(image)
+    brain = ndimage.binary_fill_holes(ndimage.binary_opening(foreground(values), iterations=1))
+    out = sitk.GetImageFromArray(np.where(brain, values, 0.0).astype(np.float32))
+    out.CopyInformation(image)
+    return out
+
+
+@pytest.mark.slow  # four registrations and the QC: about 37 s of CPU
+def test_simulated_clinical_acquisition_lands_where_its_known_transforms_say(atlas3, tmp_path):
+    # Tiny clinical study (2 mm pixels, 5-6 mm slices, a 12 degree tilt, bias, tumour, four contrasts): the
+    # pipeline registers T1 -> atlas and the others -> T1, and each composed record transform is the truth.
+    case = simulate_clinical_case(atlas3, seed=3, in_plane_mm=2.0)
+    paths = {}
+    for sequence, image in case.images.items():
+        paths[sequence] = tmp_path / f"{sequence}.nii.gz"
+        sitk.WriteImage(_stripped(image), str(paths[sequence]))
+    record = load_case_record(prepare_nifti_case(paths, tmp_path / "out", "CLIN01", FAST))
+    for sequence in SEQUENCES:
+        found = np.asarray(record["sequences"][sequence]["output_to_original_lps"])
+        mean, worst = transform_error_mm(atlas3, found, case.truth[sequence])
+        degrees = transform_error_deg(found, case.truth[sequence])
+        print(f"{sequence}: pipeline error mean {mean:.2f} mm, max {worst:.2f} mm, {degrees:.2f} degrees")
+        assert mean < 1.0 and worst < 1.5 and degrees < 1.0, sequence
+    # The composition: output -> T1 (the atlas step), then T1 -> sequence (its own step).
+    for sequence in ("t1ce", "t2", "flair"):
+        step = np.asarray(record["sequences"][sequence]["registration"]["to_reference_lps"])
+        reference = np.asarray(record["sequences"]["t1"]["output_to_original_lps"])
+        np.testing.assert_allclose(record["sequences"][sequence]["output_to_original_lps"], step @ reference)
+    assert set(record["quality"]) == {"atlas_dice"} | {
+        f"{s}_{score}" for s in ("t1ce", "t2", "flair") for score in ("dice", "nmi", "nmi_gain")
+    }
 
 
 def test_map_to_original_returns_the_native_grid_and_content(prepared):
@@ -148,13 +189,14 @@ def test_nifti_input_at_1mm_gives_the_brats_grid(small_nifti, tmp_path):
 
 def test_failed_quality_check_fails_loudly_and_leaves_nothing(small_nifti, tmp_path):
     paths = dict(small_nifti)
-    # A T1-CE whose upper two thirds are missing: no rigid alignment can match the atlas brain.
-    t1ce = nib.load(paths["t1ce"])
-    data = np.asarray(t1ce.dataobj).copy()
+    # A T1 (the sequence registered to the atlas) whose upper two thirds are missing: no rigid alignment can
+    # match the atlas brain.
+    t1 = nib.load(paths["t1"])
+    data = np.asarray(t1.dataobj).copy()
     data[:, :, data.shape[2] // 3 :] = 0
-    paths["t1ce"] = tmp_path / "cut_t1ce.nii.gz"
-    nib.save(nib.Nifti1Image(data, t1ce.affine), paths["t1ce"])
-    with pytest.raises(RegistrationQualityError, match="BAD01.*T1-CE -> SRI24 brain-mask Dice") as error:
+    paths["t1"] = tmp_path / "cut_t1.nii.gz"
+    nib.save(nib.Nifti1Image(data, t1.affine), paths["t1"])
+    with pytest.raises(RegistrationQualityError, match="BAD01.*t1 -> SRI24 brain-mask Dice") as error:
         prepare_nifti_case(paths, tmp_path / "out", "BAD01", FAST)
     assert error.value.scores["atlas_dice"] < MIN_ATLAS_DICE
     assert list((tmp_path / "out").iterdir()) == []

@@ -58,8 +58,8 @@ def test_sequence_check_names_each_misaligned_sequence_and_ignores_outside_the_f
     slab[:, :, 20:] = False  # a FLAIR covering only part of the head is not a failure
     flair = head * slab
     volumes = {"t1ce": head, "t1": head, "t2": 400.0 * _ball(centre=(33, 20, 15)), "flair": flair}
-    with pytest.raises(RegistrationQualityError, match="t2 -> T1-CE") as error:
-        check_sequence_alignment(volumes, {"t1ce": fov, "t1": fov, "t2": fov, "flair": slab}, "S2")
+    with pytest.raises(RegistrationQualityError, match="t2 -> t1ce") as error:
+        check_sequence_alignment(volumes, {"t1ce": fov, "t1": fov, "t2": fov, "flair": slab}, "S2", reference="t1ce")
     assert "flair" not in str(error.value) and "t1 ->" not in str(error.value)
     assert error.value.scores["flair_dice"] == 1.0 and error.value.scores["t1_dice"] == 1.0
 

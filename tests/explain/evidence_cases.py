@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import nibabel as nib
@@ -67,3 +68,34 @@ def image_transform():
 
 def labelled_transform():
     return eval_transforms(NETWORK_GRID, PIXDIM, with_seg=True)
+
+
+def write_dicom_case(data_dir: Path, dicom_dir: Path, subject: str = "caseD") -> tuple[dict, str, list[Path]]:
+    """A case whose T1-CE was "prepared from DICOM": its NIfTI files (label 1), a DICOM series of its T1-CE and the
+    data_prep case record mapping the output grid to that series (identity registration: the grid is the
+    scan's own). Returns the case's datalist item, the series UID and the series' files."""
+    import SimpleITK as sitk
+
+    from data_prep.brats_layout import case_record_path
+    from data_prep.dicom_study_writer import SeriesSpec, write_dicom_study
+    from data_prep.geometry import index_affine_lps
+    from data_prep.pipeline import RECORD_FORMAT
+
+    item = write_case(data_dir, subject, label=1)
+    t1ce = sitk.ReadImage(item["image"][1])
+    [(series_uid, paths)] = write_dicom_study([SeriesSpec(t1ce * 100.0, "AX T1 MPRAGE POST")], dicom_dir).items()
+    original = {"shape": list(t1ce.GetSize()), "affine_lps": index_affine_lps(t1ce).tolist()}
+    record = {
+        "format": RECORD_FORMAT,
+        "subject_id": subject,
+        "output": {"shape": original["shape"], "affine_lps": original["affine_lps"]},
+        "sequences": {
+            "t1ce": {
+                "source": {"kind": "dicom", "files": [str(p) for p in paths]},
+                "original": original,
+                "output_to_original_lps": np.eye(4).tolist(),
+            }
+        },
+    }
+    case_record_path(data_dir, subject).write_text(json.dumps(record))
+    return item, series_uid, list(paths)

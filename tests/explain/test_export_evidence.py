@@ -5,15 +5,10 @@ from types import SimpleNamespace
 import nibabel as nib
 import numpy as np
 import pydicom
-import SimpleITK as sitk
 import torch
 import yaml
 
-from data_prep.brats_layout import case_record_path
-from data_prep.dicom_study_writer import SeriesSpec, write_dicom_study
 from data_prep.evidence_seg import case_seg_writer
-from data_prep.geometry import index_affine_lps
-from data_prep.pipeline import RECORD_FORMAT
 from monai_protoshare.data.synthetic import generate_cohort
 from monai_protoshare.explain import evidence_writer
 from monai_protoshare.explain.dicom_seg import read_series, series_label_volume
@@ -24,7 +19,14 @@ from monai_protoshare.workflows.export_evidence import (
     export_for_workflow,
     main,
 )
-from tests.explain.evidence_cases import NETWORK_GRID, PIXDIM, image_transform, tiny_network, write_case
+from tests.explain.evidence_cases import (
+    NETWORK_GRID,
+    PIXDIM,
+    image_transform,
+    tiny_network,
+    write_case,
+    write_dicom_case,
+)
 from tests.toy_data import TINY_NET
 
 
@@ -72,24 +74,7 @@ def test_failing_cases_are_reported_never_stop_the_batch_and_reruns_skip_finishe
 
 
 def test_a_case_prepared_from_dicom_gets_a_seg_on_its_t1ce_series(tmp_path):
-    item = write_case(tmp_path / "data", "caseD", label=1)
-    t1ce = sitk.ReadImage(item["image"][1])
-    files = write_dicom_study([SeriesSpec(t1ce * 100.0, "AX T1 MPRAGE POST")], tmp_path / "dicom")
-    [(series_uid, paths)] = files.items()
-    original = {"shape": list(t1ce.GetSize()), "affine_lps": index_affine_lps(t1ce).tolist()}
-    record = {  # data_prep's case record: here the output grid is the scan's own (identity registration)
-        "format": RECORD_FORMAT,
-        "subject_id": "caseD",
-        "output": {"shape": original["shape"], "affine_lps": original["affine_lps"]},
-        "sequences": {
-            "t1ce": {
-                "source": {"kind": "dicom", "files": [str(p) for p in paths]},
-                "original": original,
-                "output_to_original_lps": np.eye(4).tolist(),
-            }
-        },
-    }
-    case_record_path(tmp_path / "data", "caseD").write_text(json.dumps(record))
+    item, series_uid, paths = write_dicom_case(tmp_path / "data", tmp_path / "dicom")
     out = tmp_path / "evidence"
     net, transform = tiny_network(), image_transform()
     summary = export_evidence(net, [item], transform, out, figures=False, progress=False, dicom_seg=case_seg_writer)

@@ -10,14 +10,10 @@ from monai.networks.nets.resnet import ResNetBottleneck
 from network_cases import fp64_attention_case, tiny_input
 from torch import nn
 
-from monai_protoshare.networks import QuadrupletAttention, ResNetEncoder, quadruplet_attention
+from monai_protoshare.networks import QuadrupletAttention, ResNetEncoder
 from monai_protoshare.networks.encoder import AttentiveBottleneck
-from monai_protoshare.networks.quadruplet_attention import (
-    AttentionGate,
-    fft_conv3d,
-    max_mean_pool,
-    single_channel_batch_norm,
-)
+from monai_protoshare.networks.layers import fft_conv, fft_conv3d, max_mean_pool, single_channel_batch_norm
+from monai_protoshare.networks.quadruplet_attention import AttentionGate
 
 
 def test_cpu_small_encoder_scales():
@@ -156,7 +152,7 @@ def test_fft_conv3d_with_several_output_channels_and_an_anisotropic_kernel():
 
 @pytest.mark.parametrize(("n", "size"), [(1, 1), (7, 8), (31, 32), (38, 40), (262, 270), (125, 125)])
 def test_fft_sizes_are_the_next_2_3_5_smooth_integer(n, size):
-    assert quadruplet_attention._fft_size(n) == size
+    assert fft_conv._fft_size(n) == size
 
 
 def test_fft_conv3d_in_fp32_is_close_to_conv3d():

@@ -6,8 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from monai_protoshare.networks.layout import inverse_permutation, stored_view, with_gradient_layout
-from monai_protoshare.networks.pooling import box_mean_pool3d
+from monai_protoshare.networks.layers import box_mean_pool3d, inverse_permutation, stored_view, with_gradient_layout
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 6, 5, 7), (1, 2, 4, 4, 4), (1, 1, 3, 4, 3), (1, 4, 9, 8, 3)])

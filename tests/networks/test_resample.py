@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from monai_protoshare.networks.resample import linear_weights, resize_trilinear, separable_resize
+from monai_protoshare.networks.layers.resample import linear_weights, resize_trilinear, separable_resize
 
 SIZES = [  # (input spatial size, output size): ×2 as in the decoder, the mapping loss's 0.75/0.875, odd sizes
     ((4, 5, 3), (8, 10, 6)),

@@ -86,7 +86,7 @@ def test_inference_bundle_names_the_bad_case_and_writes_nothing(cases, tmp_path)
     torch.save(tiny_network().state_dict(), ckpt)
     net = {k: TINY[k] for k in ("spatial_size", "pixdim", "encoder_layers", "encoder_widths", "embedding_dim")}
     out = tmp_path / "inference"
-    values = {**net, "dataset_dir": str(cases), "output_dir": str(out), "ckpt_path": str(ckpt), "num_workers": 0}
+    values = {**net, "dataset_dir": str(cases), "output_dir": str(out), "model_path": str(ckpt), "num_workers": 0}
     workflow = bundle_workflow(DEFAULT_BUNDLES_DIR / "um_protoshare", ["inference.yaml"], "infer", **values)
     expect_failure("inference bundle on a folder with a truncated case", "bundle inference", BundleOptionError,
                    r"case003 \| case003_t2\.nii\.gz \| unreadable voxel data", workflow.run)  # fmt: skip
@@ -142,7 +142,7 @@ def test_a_network_of_another_configuration_in_the_inference_bundle_is_named(cas
         build_network("xprotonet", encoder_layers=(1, 1), encoder_widths=(4, 8), embedding_dim=8).state_dict(), ckpt
     )
     net = {k: TINY[k] for k in ("spatial_size", "pixdim", "encoder_layers", "encoder_widths", "embedding_dim")}
-    values = {**net, "dataset_dir": str(cases_dir), "output_dir": str(tmp_path / "out"), "ckpt_path": str(ckpt)}
+    values = {**net, "dataset_dir": str(cases_dir), "output_dir": str(tmp_path / "out"), "model_path": str(ckpt)}
     expect_failure("inference bundle given XProtoNet weights", "bundle inference", BundleOptionError,
-                   r"--ckpt_path: '.*model\.pt' holds weights of another model or configuration",
+                   r"--model_path: '.*model\.pt' holds weights of another model or configuration",
                    bundle_workflow, DEFAULT_BUNDLES_DIR / "um_protoshare", ["inference.yaml"], "infer", **values)  # fmt: skip

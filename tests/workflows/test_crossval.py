@@ -2,7 +2,9 @@ import json
 
 import pytest
 
-from monai_protoshare.workflows.crossval import parse_model_spec, run_crossval
+from monai_protoshare.workflows.crossval import TABLE1_PLAN, describe_plan, parse_model_spec, parse_run, run_crossval
+from monai_protoshare.workflows.options import BundleOptionError
+from monai_protoshare.workflows.table1 import ROWS
 from tests.bundles.conftest import BUNDLES_DIR, TINY
 
 
@@ -15,6 +17,16 @@ def test_model_specs():
     assert not occlusion.trains and occlusion.run_of_checkpoints == "cnn"
     with pytest.raises(ValueError, match="unknown model spec"):
         parse_model_spec("mprotonet:Z")
+
+
+def test_runs_carry_their_folds_and_the_table1_plan_has_every_row():
+    spec, folds = parse_run("mprotonet@0-4", [0])
+    assert spec.run == "mprotonet" and folds == [0, 1, 2, 3, 4]
+    assert parse_run("um_protoshare:C", [1, 2]) == (parse_model_spec("um_protoshare:C"), [1, 2])
+    plan = {parse_run(text, [])[0].run: parse_run(text, [])[1] for text in TABLE1_PLAN}
+    assert set(plan) == {row.run for row in ROWS}  # every row of the report, no other
+    assert plan["um_protoshare"] == plan["mprotonet"] == [0, 1, 2, 3, 4]
+    assert all(len(folds) >= 3 for folds in plan.values())
 
 
 def test_cnn_with_both_attributions_on_two_folds_and_resume(bundle_cohort, tmp_path, monkeypatch):
@@ -35,9 +47,15 @@ def test_cnn_with_both_attributions_on_two_folds_and_resume(bundle_cohort, tmp_p
         preset="tiny",
         output_dir=str(out),
         bundles_dir=bundles,
+        jobs=2,  # two worker processes; the occlusion rows wait for the CNN's trainings
     )
     text = table.read_text()
     assert "| CNN: Grad-CAM |" in text and "| CNN: Occlusion |" in text
+    assert json.loads((out / "crossval_wall.json").read_text())["jobs"] == 2
+    timing = json.loads((out / "cnn" / "fold1" / "timing.json").read_text())
+    assert timing["train_s"] > 0 and timing["evaluate_s"] > 0
+    occlusion_timing = json.loads((out / "cnn_occlusion" / "fold1" / "timing.json").read_text())
+    assert occlusion_timing["train_s"] == 0 and occlusion_timing["evaluate_s"] > 0
     for run in ("cnn", "cnn_occlusion"):
         for fold in (0, 1):
             metrics = json.loads((out / run / f"fold{fold}" / "metrics.json").read_text())
@@ -47,6 +65,14 @@ def test_cnn_with_both_attributions_on_two_folds_and_resume(bundle_cohort, tmp_p
     stamp = model.stat().st_mtime
     run_crossval(str(bundle_cohort), ["cnn"], folds=[0], preset="tiny", output_dir=str(out), bundles_dir=bundles)
     assert model.stat().st_mtime == stamp  # finished folds are not retrained
+    plan = describe_plan(["cnn@1-2", "cnn:occlusion@2"], [0], "tiny", str(out), bundles)
+    assert plan == [
+        "cnn fold 1: done (re-evaluated only if its model is newer)",
+        "cnn fold 2: train + evaluate",
+        "cnn_occlusion fold 2: evaluate (cnn's checkpoint)",
+    ]
+    with pytest.raises(BundleOptionError, match="presets/huge.yaml"):
+        describe_plan(["cnn"], [0], "huge", str(out), bundles)
 
 
 def test_run_config_is_rebuilt_from_a_bundle_command_line(tmp_path):

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["inverse_permutation", "is_channels_last", "stored_view", "with_gradient_layout"]
+from .switch import reference_kernels
+
+__all__ = [
+    "inverse_permutation",
+    "is_channels_last",
+    "stored_view",
+    "with_gradient_layout",
+    "with_gradient_layout_reference",
+]
 
 
 def is_channels_last(x: torch.Tensor) -> bool:
@@ -18,8 +26,8 @@ def stored_view(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
     ``order`` is ``(0, 2, 3, 4, 1)`` for ``channels_last_3d`` (not also contiguous), the identity otherwise; the
     permuted tensor is a contiguous view (a copy only for a tensor stored in neither order). Reductions, strided
     slices and broadcasts over it run at memory speed; over the logical dimensions of a channels-last tensor,
-    PyTorch's CPU kernels run 10-20× slower, and several (``avg_pool3d``, pooling backwards) first copy it to
-    the contiguous layout.
+    PyTorch's CPU kernels are much slower, and several (``avg_pool3d``, pooling backwards) first copy it to the
+    contiguous layout (timings: ``benchmarks/README.md``).
 
     Example:
         >>> view, order = stored_view(torch.zeros(1, 3, 4, 5, 6).contiguous(memory_format=torch.channels_last_3d))
@@ -52,10 +60,17 @@ def with_gradient_layout(x: torch.Tensor) -> torch.Tensor:
     """``x`` (a view), whose gradient is handed back in ``x``'s memory format whatever layout it arrives in.
 
     Some CPU backward kernels convert both their saved input and the incoming gradient to one layout when the two
-    differ: ``max_pool3d``'s backward of a channels-last 1×64×64×64×48 input takes 230 ms with a contiguous
-    gradient and 38 ms with a channels-last one (one thread), so converting the small gradient first (9 ms) pays.
+    differ (``max_pool3d``'s of a channels-last input is several times slower with a contiguous gradient), so
+    converting the small gradient first pays (``benchmarks/README.md``). The reference (and exports) return ``x``.
     """
     # exports: a gradient-layout hint that TorchScript cannot compile and a trace would freeze (as_strided's sizes)
     if torch.jit.is_scripting() or torch.jit.is_tracing():
         return x
+    if reference_kernels():
+        return with_gradient_layout_reference(x)
     return _GradientLayout.apply(x) if torch.is_grad_enabled() and x.requires_grad else x
+
+
+def with_gradient_layout_reference(x: torch.Tensor) -> torch.Tensor:
+    """The reference of :func:`with_gradient_layout`: ``x`` itself (autograd's gradient, in whatever layout)."""
+    return x

@@ -9,7 +9,12 @@ Per case, under ``<output_dir>/<subject_id>/`` (the grid and affine of the input
   Σ_{v ∈ predicted region} w_{r,k} up(S_k)(v) and its share, plus the prototype's source voxel (``prototypes.json``
   of the push) when given;
 - ``xai_<name>.nii.gz``: the map of each configured explainer (Seg-Grad-CAM, occlusion, Seg-Ablation-CAM of
-  :mod:`~monai_protoshare.explain.segmentation_xai`, any network) for region ``explain_region``.
+  :mod:`~monai_protoshare.explain.segmentation_xai`, any network) for region ``explain_region``;
+- ``segmentation_seg.dcm``: for a case ``data_prep`` made from a DICOM study, the segmentation as a DICOM SEG on its
+  original T1-CE series, through the ``dicom_seg`` factory of the grading evidence
+  (:data:`~monai_protoshare.explain.dicom_seg.SegWriterFactory`, ``data_prep.evidence_seg.case_seg_writer``; the
+  library never imports ``data_prep``). That writer makes a binary SEG, so the SEG holds the whole tumour
+  (every label > 0); the BraTS labels are in ``segmentation.nii.gz``.
 
 :class:`SegmentationExportHandler` does this at every iteration of a ``SupervisedEvaluator`` with batches of one case;
 a case that fails is logged and skipped, so one bad case never stops a batch.
@@ -24,20 +29,30 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 import torch
 import torch.nn.functional as F
 from ignite.engine import Events
 from monai.transforms import Compose
 
-from monai_protoshare.data.transforms import to_native_space
-from monai_protoshare.explain.evidence_writer import reference_image, source_reference, write_nifti
-from monai_protoshare.io import write_json
-from monai_protoshare.networks.proto_seg import BRATS_REGIONS, ProtoSegNetwork
+from ..data.transforms import to_native_space
+from ..explain.dicom_seg import SegWriterFactory
+from ..explain.evidence_writer import reference_image, source_reference, write_nifti
+from ..io import write_json
+from ..networks.modes import evaluating
+from ..networks.proto_seg import BRATS_REGIONS, ProtoSegNetwork
 
-__all__ = ["SegmentationExportHandler", "prototype_region_contributions", "regions_to_brats_labels"]
+__all__ = [
+    "SEGMENTATION_SEG_NAME",
+    "SegmentationExportHandler",
+    "prototype_region_contributions",
+    "regions_to_brats_labels",
+]
 
 logger = logging.getLogger(__name__)
+
+SEGMENTATION_SEG_NAME = "segmentation_seg.dcm"
 
 
 def regions_to_brats_labels(masks: torch.Tensor) -> torch.Tensor:
@@ -74,6 +89,8 @@ class SegmentationExportHandler:
         prototypes_json: the push's ``prototypes.json`` (optional; adds each prototype's source to the report).
         explainers: name -> ``(network, image (1, 4, H, W, D), region=r) -> map (1, 1, H, W, D)`` (optional).
         explain_region: the region the explainers explain (1 = WT).
+        dicom_seg: called with the case's input file, returns the writer of its DICOM SEG or ``None`` (a case not
+            made from DICOM); ``None``: no SEG.
     """
 
     def __init__(
@@ -86,8 +103,10 @@ class SegmentationExportHandler:
         prototypes_json: str | os.PathLike | None = None,
         explainers: dict[str, Callable] | None = None,
         explain_region: int = 1,
+        dicom_seg: SegWriterFactory | None = None,
     ) -> None:
         self.transform, self.output_dir, self.network = transform, Path(output_dir), network
+        self.dicom_seg = dicom_seg
         self.threshold, self.top_k = threshold, top_k
         self.explainers, self.explain_region = explainers or {}, explain_region
         path = Path(prototypes_json) if prototypes_json else None
@@ -107,7 +126,15 @@ class SegmentationExportHandler:
 
     @torch.no_grad()
     def export(self, image: torch.Tensor, subject: str) -> Path:
-        """Run the network on one preprocessed image (4, H, W, D) and write its files; returns the case folder."""
+        """Run the network on one preprocessed image (4, H, W, D) and write its files; returns the case folder.
+
+        The network runs in eval mode (BN running statistics; the evaluator has restored its own mode by the time
+        its ``ITERATION_COMPLETED`` handlers run), and every submodule's mode is restored afterwards.
+        """
+        with evaluating(self.network):
+            return self._export(image, subject)
+
+    def _export(self, image: torch.Tensor, subject: str) -> Path:
         device = next(self.network.parameters()).device
         x = image[None].to(device).as_tensor() if hasattr(image, "as_tensor") else image[None].to(device)
         is_proto = isinstance(self.network, ProtoSegNetwork)
@@ -115,10 +142,16 @@ class SegmentationExportHandler:
         logits = output.logits if is_proto else self.network(x)
         probabilities = torch.sigmoid(logits[0]).cpu()
         masks = probabilities > self.threshold
-        reference = reference_image(source_reference(image))
+        source = source_reference(image)
+        reference = reference_image(source)
         case_dir = self.output_dir / subject
         labels = to_native_space(regions_to_brats_labels(masks)[None].float(), image, self.transform, mode="nearest")
-        write_nifti(case_dir / "segmentation.nii.gz", labels[0].numpy().round().astype(np.uint8), reference)
+        segmentation = write_nifti(
+            case_dir / "segmentation.nii.gz", labels[0].numpy().round().astype(np.uint8), reference
+        )
+        writer = self.dicom_seg(source) if self.dicom_seg is not None else None
+        if writer is not None:
+            os.replace(writer(nib.load(segmentation), case_dir), case_dir / SEGMENTATION_SEG_NAME)
         native_probabilities = to_native_space(probabilities, image, self.transform).numpy()
         write_nifti(case_dir / "probabilities.nii.gz", np.moveaxis(native_probabilities, 0, -1), reference)
         if is_proto:

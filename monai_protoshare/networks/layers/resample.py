@@ -2,11 +2,12 @@
 
 Under CUDA autocast, ``F.interpolate(mode="trilinear")`` runs in fp32 and on contiguous tensors: a bf16,
 ``channels_last_3d`` feature map is cast up and reordered, resized, then cast down and reordered again by
-the next convolution. At the paper's size (batch 32) the decoder's two ×2 upsamplings and the mapping
-loss's rescaling took as long as all the convolutions of a training step on an H100
-(``benchmarks/profile_step.py``). :func:`resize_trilinear` computes the same values as three separable
-1-D linear interpolations (a gather of two neighbours and a ``lerp`` per axis), in the input's dtype and
-memory format; on CPU it calls ``F.interpolate``, whose channels-last kernels are fast there.
+the next convolution. At the paper's size the decoder's two ×2 upsamplings and the mapping loss's rescaling
+took as long as all the convolutions of a training step on an H100 (``benchmarks/README.md``).
+:func:`separable_resize` computes the same values as three separable 1-D linear interpolations (a gather of
+two neighbours and a ``lerp`` per axis), in the input's dtype and memory format; :func:`resize_trilinear`
+uses it on CUDA and calls ``F.interpolate`` (:func:`separable_resize_reference`), whose channels-last
+kernels are fast there, on CPU.
 """
 
 from __future__ import annotations
@@ -14,11 +15,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["SEPARABLE_ON_CUDA", "linear_weights", "resize_trilinear", "separable_resize"]
+from .layout import is_channels_last
+from .switch import reference_kernels
 
-#: Whether :func:`resize_trilinear` uses :func:`separable_resize` for CUDA tensors (``F.interpolate`` when false;
-#: ``benchmarks/bench_resample.py`` and ``--resize`` of the step benchmarks compare the two).
-SEPARABLE_ON_CUDA = True
+__all__ = ["linear_weights", "resize_trilinear", "separable_resize", "separable_resize_reference"]
 
 
 def linear_weights(
@@ -53,7 +53,8 @@ def separable_resize(x: torch.Tensor, size: list[int], align_corners: bool = Fal
     """``F.interpolate(x, size, mode="trilinear")`` as three 1-D linear interpolations, in ``x``'s dtype.
 
     Each spatial axis is resized in turn on the tensor's physical (dense) order, so a ``channels_last_3d``
-    input gives a ``channels_last_3d`` output and no layout copy is made.
+    input gives a ``channels_last_3d`` output and no layout copy is made. Under the reference switch:
+    :func:`separable_resize_reference`.
 
     Args:
         x: (B, C, H, W, D), contiguous or ``channels_last_3d``.
@@ -63,7 +64,9 @@ def separable_resize(x: torch.Tensor, size: list[int], align_corners: bool = Fal
     Returns:
         (B, C, h, w, d), same dtype and memory format as ``x``.
     """
-    channels_last = x.dim() == 5 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last_3d)
+    if reference_kernels():
+        return separable_resize_reference(x, size, align_corners)
+    channels_last = x.dim() == 5 and is_channels_last(x)
     order = (0, 2, 3, 4, 1) if channels_last else (0, 1, 2, 3, 4)
     dense = x.permute(order) if channels_last else x.contiguous()
     for axis, n_out in zip((2, 3, 4), size):
@@ -80,18 +83,23 @@ def separable_resize(x: torch.Tensor, size: list[int], align_corners: bool = Fal
     return dense.permute(0, 4, 1, 2, 3) if channels_last else dense
 
 
+def separable_resize_reference(x: torch.Tensor, size: list[int], align_corners: bool = False) -> torch.Tensor:
+    """The reference of :func:`separable_resize`: ``F.interpolate(x, size, mode="trilinear")``."""
+    return F.interpolate(x, size=size, mode="trilinear", align_corners=align_corners)
+
+
 def resize_trilinear(x: torch.Tensor, size: list[int], align_corners: bool = False) -> torch.Tensor:
     """Trilinear resize of feature maps (B, C, H, W, D) to ``size`` (h, w, d).
 
-    CUDA: :func:`separable_resize` (input dtype and memory format kept) unless :data:`SEPARABLE_ON_CUDA` is
-    false; elsewhere ``F.interpolate``. Both give the same values up to the rounding of the dtype. Exports
-    (TorchScript, ONNX) take ``F.interpolate`` with ``size`` as given, so a traced size stays a function of the input.
+    CUDA: :func:`separable_resize` (input dtype and memory format kept); elsewhere, and under the reference
+    switch, ``F.interpolate``. Both give the same values up to the rounding of the dtype. Exports (TorchScript,
+    ONNX) take ``F.interpolate`` with ``size`` as given, so a traced size stays a function of the input.
     """
-    if torch.jit.is_scripting():  # the switch is a Python global, which TorchScript cannot read
+    if torch.jit.is_scripting():  # the kernel switch is a Python global, which TorchScript cannot read
         return F.interpolate(x, size=size, mode="trilinear", align_corners=align_corners)
     if torch.jit.is_tracing() or torch.compiler.is_exporting():  # int() would freeze the example input's sizes
         return F.interpolate(x, size=list(size), mode="trilinear", align_corners=align_corners)
     size = [int(n) for n in size]
-    if x.is_cuda and SEPARABLE_ON_CUDA:
+    if x.is_cuda:
         return separable_resize(x, size, align_corners)
-    return F.interpolate(x, size=size, mode="trilinear", align_corners=align_corners)
+    return separable_resize_reference(x, size, align_corners)

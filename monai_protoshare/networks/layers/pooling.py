@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from .layout import inverse_permutation, stored_view
+from .switch import reference_kernels
 
-__all__ = ["box_mean_pool3d"]
+__all__ = ["box_mean_pool3d", "box_mean_pool3d_reference"]
 
 
 def _every_other(x: torch.Tensor, dim: int, start: int) -> torch.Tensor:
@@ -66,9 +68,9 @@ def box_mean_pool3d(x: torch.Tensor) -> torch.Tensor:
     The 3³ box is separable: three passes of ``x[2i − 1] + x[2i] + x[2i + 1]``, one per spatial axis, as strided
     sums over ``x`` as it is stored (:func:`.layout.stored_view`), and a backward of the transposed passes. The
     output keeps ``x``'s memory format. PyTorch's CPU ``avg_pool3d`` copies a ``channels_last_3d`` input to the
-    contiguous layout first (forward and backward): on MAProtoNet's stem map (1×64×64×64×48, channels-last, one
-    thread) this is 6-8× faster forward (164 → 20-25 ms) and 5× forward + backward (406 → 76-83 ms). Each pass
-    writes its output once: the first two taps summed into it, the third added.
+    contiguous layout first (forward and backward), which this avoids (timings: ``benchmarks/README.md``). Each
+    pass writes its output once: the first two taps summed into it, the third added. Under the reference switch
+    and in a scripted export: :func:`box_mean_pool3d_reference`.
 
     Args:
         x: (B, C, H, W, D), floating point.
@@ -82,5 +84,12 @@ def box_mean_pool3d(x: torch.Tensor) -> torch.Tensor:
                 [0.4444, 0.6667]])
     """
     if torch.jit.is_scripting():  # an export: aten's pooling (TorchScript cannot compile the custom backward)
-        return torch.nn.functional.avg_pool3d(x, 3, 2, 1)
+        return box_mean_pool3d_reference(x)
+    if reference_kernels():
+        return box_mean_pool3d_reference(x)
     return _BoxMeanPool.apply(x)
+
+
+def box_mean_pool3d_reference(x: torch.Tensor) -> torch.Tensor:
+    """The reference of :func:`box_mean_pool3d`: ``F.avg_pool3d(x, 3, 2, 1)``."""
+    return F.avg_pool3d(x, 3, 2, 1)
