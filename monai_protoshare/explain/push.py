@@ -15,6 +15,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from ..networks.modes import evaluating
+
 __all__ = ["PushResult", "map_mass_box", "push_prototypes"]
 
 
@@ -93,36 +95,34 @@ def push_prototypes(
         :class:`PushResult`.
     """
     start = time.perf_counter()
-    was_training = network.training
-    network.eval()
-    bank = network.prototypes
-    total = bank.num_prototypes
-    best = _Candidates.empty(total, network.embedding_dim, device)
-    num_cases = 0
-    matching_inputs, all_labels = [], []
-    for batch in data_loader:
-        images = batch[image_key].to(device)
-        labels = torch.as_tensor(batch[label_key]).long().view(-1).to(device)
-        num_cases += images.shape[0]
-        out = network.explain(images, online_cam=False)
-        # what the similarities to the NEW prototypes are computed from: the descriptors (B, K_s, E), which do not
-        # depend on the prototypes; for ProtoPNet the features G_s (B, E, H_s, W_s, D_s), whose best-matching voxels do
-        matching_inputs.append([t.cpu() for t in (out.features if network.mapping == "none" else out.descriptors)])
-        all_labels.append(labels.cpu())
-        best.update(network, out, labels, list(batch[id_key]), tuple(images.shape[2:]))
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        best.sim, best.desc, best.box, best.ids, num_cases = _gather_best(
-            best.sim, best.desc, best.box, best.ids, num_cases
-        )
-    missing = [j for j in range(total) if best.ids[j] == ""]
-    if missing:
-        raise ValueError(
-            f"push found no candidate for prototypes {missing} (global indices): the push data loader holds no "
-            "case of their class."
-        )
-    best.write_to(bank, epoch)
-    similarities = _similarities_after_push(network, matching_inputs, device)
-    network.train(was_training)
+    with evaluating(network):
+        bank = network.prototypes
+        total = bank.num_prototypes
+        best = _Candidates.empty(total, network.embedding_dim, device)
+        num_cases = 0
+        matching_inputs, all_labels = [], []
+        for batch in data_loader:
+            images = batch[image_key].to(device)
+            labels = torch.as_tensor(batch[label_key]).long().view(-1).to(device)
+            num_cases += images.shape[0]
+            out = network.explain(images, online_cam=False)
+            # what the similarities to the NEW prototypes are computed from: the descriptors (B, K_s, E), which do not
+            # depend on the prototypes; for ProtoPNet the features G_s (B, E, H_s, W_s, D_s), whose best-matching voxels do
+            matching_inputs.append([t.cpu() for t in (out.features if network.mapping == "none" else out.descriptors)])
+            all_labels.append(labels.cpu())
+            best.update(network, out, labels, list(batch[id_key]), tuple(images.shape[2:]))
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            best.sim, best.desc, best.box, best.ids, num_cases = _gather_best(
+                best.sim, best.desc, best.box, best.ids, num_cases
+            )
+        missing = [j for j in range(total) if best.ids[j] == ""]
+        if missing:
+            raise ValueError(
+                f"push found no candidate for prototypes {missing} (global indices): the push data loader holds no "
+                "case of their class."
+            )
+        best.write_to(bank, epoch)
+        similarities = _similarities_after_push(network, matching_inputs, device)
     return PushResult(
         best.sim.cpu(), best.ids, best.box, num_cases, time.perf_counter() - start, similarities, torch.cat(all_labels)
     )

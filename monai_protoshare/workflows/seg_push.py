@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from monai_protoshare.io import atomic_path, write_json
+from monai_protoshare.networks.modes import evaluating
 from monai_protoshare.networks.proto_seg import ProtoSegNetwork
 from monai_protoshare.workflows.seg_prune import cache_head_inputs, refit_head
 
@@ -46,34 +47,32 @@ def push_segmentation_prototypes(
         ValueError: an empty data loader.
     """
     device = device or network.prototypes.device
-    was_training = network.training
-    network.eval()
-    num_prototypes, dim = network.prototypes.shape
-    best = torch.full((num_prototypes,), -float("inf"), device=device)
-    best_features = torch.zeros(num_prototypes, dim, device=device)
-    provenance: list[dict[str, Any]] = [{} for _ in range(num_prototypes)]
-    for batch in data_loader:
-        image = batch["image"].to(device)
-        output = network.forward_features(image)
-        cosine = output.scale_similarities  # (B, S, K, h, w, d)
-        grid = cosine.shape[3:]
-        values, index = cosine.movedim(2, 0).flatten(1).max(dim=1)  # over (B, S, h, w, d), per prototype
-        features = output.features.movedim(2, -1).reshape(-1, dim)  # rows in (B, S, h, w, d) order
-        for k in torch.nonzero(values > best).flatten().tolist():
-            best[k], best_features[k] = values[k], features[index[k]]
-            b, s, *voxel = (int(i) for i in torch.unravel_index(index[k], cosine.shape[:2] + grid))
-            stride = [n // g for n, g in zip(image.shape[2:], grid)]
-            provenance[k] = {
-                "subject_id": str(batch["subject_id"][b]) if "subject_id" in batch else str(b),
-                "dilation": network.aspp.dilations[s],
-                "voxel": voxel,
-                "input_voxel": [v * t + t // 2 for v, t in zip(voxel, stride)],
-                "similarity": float(values[k]),
-            }
-    if not torch.isfinite(best).all():
-        raise ValueError("push data loader yielded no cases: cannot project the prototypes.")
-    network.prototypes.copy_(best_features.to(network.prototypes.dtype))
-    network.train(was_training)
+    with evaluating(network):
+        num_prototypes, dim = network.prototypes.shape
+        best = torch.full((num_prototypes,), -float("inf"), device=device)
+        best_features = torch.zeros(num_prototypes, dim, device=device)
+        provenance: list[dict[str, Any]] = [{} for _ in range(num_prototypes)]
+        for batch in data_loader:
+            image = batch["image"].to(device)
+            output = network.forward_features(image)
+            cosine = output.scale_similarities  # (B, S, K, h, w, d)
+            grid = cosine.shape[3:]
+            values, index = cosine.movedim(2, 0).flatten(1).max(dim=1)  # over (B, S, h, w, d), per prototype
+            features = output.features.movedim(2, -1).reshape(-1, dim)  # rows in (B, S, h, w, d) order
+            for k in torch.nonzero(values > best).flatten().tolist():
+                best[k], best_features[k] = values[k], features[index[k]]
+                b, s, *voxel = (int(i) for i in torch.unravel_index(index[k], cosine.shape[:2] + grid))
+                stride = [n // g for n, g in zip(image.shape[2:], grid)]
+                provenance[k] = {
+                    "subject_id": str(batch["subject_id"][b]) if "subject_id" in batch else str(b),
+                    "dilation": network.aspp.dilations[s],
+                    "voxel": voxel,
+                    "input_voxel": [v * t + t // 2 for v, t in zip(voxel, stride)],
+                    "similarity": float(values[k]),
+                }
+        if not torch.isfinite(best).all():
+            raise ValueError("push data loader yielded no cases: cannot project the prototypes.")
+        network.prototypes.copy_(best_features.to(network.prototypes.dtype))
     logger.info("pushed %d prototypes; mean cosine before the push %.3f", num_prototypes, float(best.mean()))
     return provenance
 

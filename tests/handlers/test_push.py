@@ -78,3 +78,13 @@ def test_cached_similarities_equal_a_fresh_eval_forward(name):
         fresh = net.explain(data.images, online_cam=False).similarities
     assert torch.allclose(result.similarities, fresh, atol=1e-6), (result.similarities - fresh).abs().max()
     assert torch.equal(result.labels, data.labels)
+
+
+def test_push_restores_each_submodules_own_mode():
+    # stage 1 trains the network with its decoder frozen in eval mode: the push must give that state back
+    torch.manual_seed(0)
+    net = build_network("um_protoshare", **TINY_NET).train()
+    net.backbone.decoder.eval()
+    push_prototypes(net, DataLoader(ToyCases(8, seed=3), batch_size=4), "cpu")
+    assert net.training and net.prototypes.training and not net.backbone.decoder.training
+    assert not any(m.training for m in net.backbone.decoder.modules())
