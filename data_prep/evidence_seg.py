@@ -34,7 +34,9 @@ def case_seg_writer(case_file: str | os.PathLike) -> SegWriter | None:
 
     Looks for the ``data_prep`` case record of the folder of ``case_file``. The writer maps the label overlay (on
     the model-input grid, SRI24 space) to the original T1-CE scan (nearest neighbour), samples it on the source
-    instances and writes ``evidence_seg.dcm`` into the folder it is given.
+    instances and writes ``evidence_seg.dcm`` into the folder it is given: one saliency segment, or with
+    ``segments`` (e.g. :data:`~monai_protoshare.explain.dicom_seg.BRATS_REGION_SEGMENTS` for a segmentation's BraTS
+    labels) one segment per region.
 
     Returns:
         The writer, or ``None`` for NIfTI cases and cases without a record.
@@ -48,9 +50,10 @@ def case_seg_writer(case_file: str | os.PathLike) -> SegWriter | None:
     if source.get("kind") != "dicom":
         return None
 
-    def write(label_image: nib.Nifti1Image, out_dir: Path) -> Path:
+    def write(label_image: nib.Nifti1Image, out_dir: Path, segments=None) -> Path:
         original = map_to_original(label_image, record, sequence="t1ce", interpolation="nearest")
         datasets = read_series(source["files"])
-        return write_evidence_seg(series_label_volume(original, datasets), datasets, Path(out_dir) / SEG_NAME)
+        labels = series_label_volume(original, datasets, binary=segments is None)
+        return write_evidence_seg(labels, datasets, Path(out_dir) / SEG_NAME, segments=segments)
 
     return write

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
 __all__ = [
+    "BRATS_REGION_SEGMENTS",
     "SEG_NAME",
     "SegWriter",
     "SegWriterFactory",
@@ -45,8 +46,9 @@ __all__ = [
 ]
 
 SEG_NAME = "evidence_seg.dcm"
-#: ``writer(label_image, folder) -> path``: writes a case's DICOM SEG from its label overlay into ``folder``.
-SegWriter = Callable[[nib.Nifti1Image, Path], Path]
+#: ``writer(label_image, folder, segments=None) -> path``: writes a case's DICOM SEG from its label image into
+#: ``folder``: one saliency segment of the non-zero voxels, or the ``segments`` of :func:`write_evidence_seg`.
+SegWriter = Callable[..., Path]
 #: ``factory(case_file) -> writer or None``: the SEG writer of the case one of whose input files is ``case_file``,
 #: ``None`` for a case that did not come from DICOM.
 SegWriterFactory = Callable[[str | os.PathLike], SegWriter | None]
@@ -96,12 +98,13 @@ def frame_index_to_lps(dataset: Dataset) -> np.ndarray:
     return matrix
 
 
-def series_label_volume(image: nib.Nifti1Image, datasets: Sequence[Dataset]) -> np.ndarray:
+def series_label_volume(image: nib.Nifti1Image, datasets: Sequence[Dataset], binary: bool = True) -> np.ndarray:
     """Sample a label image (nearest neighbour, in world coordinates) on the pixels of each source instance.
 
     Args:
         image: 3-D label volume with a correct affine (voxels outside it read 0).
         datasets: the single-frame instances of the source series, any order.
+        binary: 1 where the label is non-zero (default); ``False`` keeps the label values (e.g. BraTS 1, 2, 4).
 
     Returns:
         (len(datasets), Rows, Columns) uint8; frame ``i`` lies on ``datasets[i]``.
@@ -123,20 +126,35 @@ def series_label_volume(image: nib.Nifti1Image, datasets: Sequence[Dataset]) -> 
         voxels = np.rint((world_to_voxel @ frame_index_to_lps(ds) @ pixels)[:3]).astype(np.int64)
         inside = np.all((voxels >= 0) & (voxels < np.asarray(labels.shape)[:, None]), axis=0)
         values = np.zeros(col.size, dtype=np.uint8)
-        values[inside] = labels[voxels[0, inside], voxels[1, inside], voxels[2, inside]] > 0
+        sampled = labels[voxels[0, inside], voxels[1, inside], voxels[2, inside]]
+        values[inside] = sampled > 0 if binary else sampled
         frames.append(values.reshape(rows, columns))
     return np.stack(frames)
 
 
-def _evidence_segment(segment_label: str, algorithm_name: str) -> SegmentDescription:
-    """The SEG's one segment: a saliency map (DCM 'Saliency') computed automatically by an AI algorithm."""
+#: the BraTS regions as SEG segments of a BraTS label map (1 necrosis, 2 oedema, 4 enhancing): nested, so they overlap
+BRATS_REGION_SEGMENTS: tuple[tuple[str, tuple[int, ...]], ...] = (
+    ("Whole tumour", (1, 2, 4)),
+    ("Tumour core", (1, 4)),
+    ("Enhancing tumour", (4,)),
+)
+
+
+def _segment(number: int, segment_label: str, algorithm_name: str, tumour: bool) -> SegmentDescription:
+    """A segment computed automatically by an AI algorithm: a saliency map (DCM 'Saliency'), or a tumour region
+    (SCT 'Neoplasm', a morphologically abnormal structure)."""
     hd = _dicom_extra("highdicom")
     codes = _dicom_extra("pydicom.sr.codedict").codes
+    category, kind = (
+        (codes.SCT.MorphologicallyAbnormalStructure, codes.SCT.Neoplasm)
+        if tumour
+        else (codes.SCT.SpatialAndRelationalConcept, codes.DCM.Saliency)
+    )
     return hd.seg.SegmentDescription(
-        segment_number=1,
+        segment_number=number,
         segment_label=segment_label,
-        segmented_property_category=codes.SCT.SpatialAndRelationalConcept,
-        segmented_property_type=codes.DCM.Saliency,
+        segmented_property_category=category,
+        segmented_property_type=kind,
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=hd.AlgorithmIdentificationSequence(
             name=algorithm_name, family=codes.cid7162.ArtificialIntelligence, version=__version__
@@ -150,6 +168,7 @@ def write_evidence_seg(
     path: str | os.PathLike,
     *,
     segment_label: str = "Prototype evidence",
+    segments: Sequence[tuple[str, Sequence[int]]] | None = None,
     series_number: int = 9001,
     series_description: str = "UM-ProtoShare evidence",
     algorithm_name: str = "UM-ProtoShare",
@@ -164,7 +183,9 @@ def write_evidence_seg(
             ``source_datasets[i]`` (:func:`series_label_volume` gives this layout).
         source_datasets: the single-frame instances of the source series (the T1-CE).
         path: output file.
-        segment_label: the segment's label.
+        segment_label: the segment's label (one saliency segment: ``labels`` non-zero).
+        segments: instead, one tumour segment per ``(label, values)``: the pixels whose label is in ``values``
+            (segments may overlap, e.g. :data:`BRATS_REGION_SEGMENTS` of a BraTS label map).
         series_number, series_description: of the new SEG series.
         algorithm_name: recorded in the segment's algorithm identification.
 
@@ -179,12 +200,16 @@ def write_evidence_seg(
     expected = (len(source_datasets), int(source_datasets[0].Rows), int(source_datasets[0].Columns))
     if labels.shape != expected:
         raise ValueError(f"labels must be (frames, rows, columns) = {expected}; received {labels.shape}.")
-    segment = _evidence_segment(segment_label, algorithm_name)
+    if segments:
+        descriptions = [_segment(i + 1, name, algorithm_name, True) for i, (name, _) in enumerate(segments)]
+        pixels = np.stack([np.isin(labels, list(values)) for _, values in segments], axis=-1).astype(np.uint8)
+    else:
+        descriptions, pixels = [_segment(1, segment_label, algorithm_name, False)], (labels > 0).astype(np.uint8)
     seg = hd.seg.Segmentation(
         source_images=list(source_datasets),
-        pixel_array=(labels > 0).astype(np.uint8),
+        pixel_array=pixels,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=[segment],
+        segment_descriptions=descriptions,
         series_instance_uid=hd.UID(),
         series_number=int(series_number),
         sop_instance_uid=hd.UID(),
@@ -195,7 +220,7 @@ def write_evidence_seg(
         device_serial_number="0",
         series_description=series_description,
         # an empty overlay still gives a valid SEG (all frames kept) rather than an error
-        omit_empty_frames=bool(labels.any()),
+        omit_empty_frames=bool(pixels.any()),
     )
     with atomic_path(path) as tmp:
         seg.save_as(tmp)

@@ -13,8 +13,8 @@ Per case, under ``<output_dir>/<subject_id>/`` (the grid and affine of the input
 - ``segmentation_seg.dcm``: for a case ``data_prep`` made from a DICOM study, the segmentation as a DICOM SEG on its
   original T1-CE series, through the ``dicom_seg`` factory of the grading evidence
   (:data:`~monai_protoshare.explain.dicom_seg.SegWriterFactory`, ``data_prep.evidence_seg.case_seg_writer``; the
-  library never imports ``data_prep``). That writer makes a binary SEG, so the SEG holds the whole tumour
-  (every label > 0); the BraTS labels are in ``segmentation.nii.gz``.
+  library never imports ``data_prep``), with one segment per BraTS region (whole tumour, tumour core, enhancing
+  tumour: :data:`~monai_protoshare.explain.dicom_seg.BRATS_REGION_SEGMENTS`, overlapping as the regions nest).
 
 :class:`SegmentationExportHandler` does this at every iteration of a ``SupervisedEvaluator`` with batches of one case;
 a case that fails is logged and skipped, so one bad case never stops a batch.
@@ -37,7 +37,7 @@ from ignite.engine import Events
 from monai.transforms import Compose
 
 from ..data.transforms import to_native_space
-from ..explain.dicom_seg import SegWriterFactory
+from ..explain.dicom_seg import BRATS_REGION_SEGMENTS, SegWriterFactory
 from ..explain.evidence_writer import reference_image, source_reference, write_nifti
 from ..io import write_json
 from ..networks.modes import evaluating
@@ -151,7 +151,8 @@ class SegmentationExportHandler:
         )
         writer = self.dicom_seg(source) if self.dicom_seg is not None else None
         if writer is not None:
-            os.replace(writer(nib.load(segmentation), case_dir), case_dir / SEGMENTATION_SEG_NAME)
+            written = writer(nib.load(segmentation), case_dir, segments=BRATS_REGION_SEGMENTS)
+            os.replace(written, case_dir / SEGMENTATION_SEG_NAME)
         native_probabilities = to_native_space(probabilities, image, self.transform).numpy()
         write_nifti(case_dir / "probabilities.nii.gz", np.moveaxis(native_probabilities, 0, -1), reference)
         if is_proto:

@@ -15,8 +15,8 @@ from monai_protoshare.handlers.segmentation_export import SEGMENTATION_SEG_NAME,
 from tests.explain.evidence_cases import image_transform, write_case, write_dicom_case
 
 
-class BrightFlair(torch.nn.Module):
-    """Every region's logit is 10 (FLAIR - its mean): the bright lesion is the tumour."""
+class NestedFlair(torch.nn.Module):
+    """Regions by FLAIR brightness: WT above its mean, TC half a standard deviation higher, ET one higher."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -24,7 +24,8 @@ class BrightFlair(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flair = x[:, 3:4]
-        return (self.scale * (flair - flair.mean())).repeat(1, 3, 1, 1, 1)
+        z = (flair - flair.mean()) / flair.std()
+        return self.scale * torch.cat([z - 0.5, z, z - 1.0], dim=1)  # [TC, WT, ET]
 
 
 def test_regions_become_brats_labels_inside_out():
@@ -45,22 +46,25 @@ def test_a_case_made_from_dicom_gets_its_segmentation_as_a_seg_on_its_t1ce_serie
     item, series_uid, paths = write_dicom_case(tmp_path / "data", tmp_path / "dicom")
     transform = image_transform()
     image = transform({"image": item["image"], "subject_id": "caseD"})["image"]
-    handler = SegmentationExportHandler(transform, tmp_path / "out", BrightFlair(), dicom_seg=case_seg_writer)
+    handler = SegmentationExportHandler(transform, tmp_path / "out", NestedFlair(), dicom_seg=case_seg_writer)
     case_dir = handler.export(image, "caseD")
 
     segmentation = nib.load(case_dir / "segmentation.nii.gz")
-    assert set(np.unique(np.asarray(segmentation.dataobj)).tolist()) == {0, 4}
+    assert set(np.unique(np.asarray(segmentation.dataobj)).tolist()) == {0, 1, 2, 4}
     seg = pydicom.dcmread(case_dir / SEGMENTATION_SEG_NAME)
     assert seg.Modality == "SEG" and seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series_uid
     assert seg.FrameOfReferenceUID == pydicom.dcmread(paths[0]).FrameOfReferenceUID
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["Whole tumour", "Tumour core", "Enhancing tumour"]
     datasets = read_series(paths)
-    expected = series_label_volume(segmentation, datasets)  # the whole tumour, on the source instances
+    labels = series_label_volume(segmentation, datasets, binary=False)  # BraTS labels on the source instances
     import highdicom as hd
 
     pixels = hd.seg.segread(seg.filename).get_pixels_by_source_instance(
-        source_sop_instance_uids=[ds.SOPInstanceUID for ds in datasets], segment_numbers=[1]
-    )[..., 0]
-    assert expected.any() and np.array_equal(pixels, expected)
+        source_sop_instance_uids=[ds.SOPInstanceUID for ds in datasets], segment_numbers=[1, 2, 3]
+    )
+    for i, values in enumerate(((1, 2, 4), (1, 4), (4,))):  # nested regions: the segments overlap
+        expected = np.isin(labels, values)
+        assert expected.any() and np.array_equal(pixels[..., i], expected)
     names = sorted(p.name for p in case_dir.iterdir())
     assert names == ["probabilities.nii.gz", "segmentation.nii.gz", SEGMENTATION_SEG_NAME]
 
