@@ -101,45 +101,46 @@ def seg_case_figure(
         up = F.interpolate(output.similarities, size=x.shape[2:], mode="trilinear")[0].cpu()  # (K, H, W, D)
     predicted = (output.logits[0, region] > 0).cpu()
     prototypes = explanation.prototypes[region].tolist()
-    k_shown = len(prototypes)
 
-    figure = Figure(figsize=(3.0 * (k_shown + 1), 6.4))
-    axes = figure.subplots(2, k_shown + 1, squeeze=False)
+    figure = Figure(figsize=(3.0 * (len(prototypes) + 1), 6.4))
+    axes = figure.subplots(2, len(prototypes) + 1, squeeze=False)
     plane = _axial(image[FLAIR].cpu(), voxel[2])
-    height, width = image.shape[1], image.shape[2]
-    row, col = width - 1 - voxel[1], height - 1 - voxel[0]  # the voxel's place in the displayed plane
-    axes[0, 0].imshow(plane, cmap="gray")
-    if predicted[..., voxel[2]].any():
-        axes[0, 0].contour(_axial(predicted.float(), voxel[2]), levels=[0.5], colors="yellow", linewidths=0.8)
-    axes[0, 0].plot(col, row, "r+", markersize=12, markeredgewidth=2)
-    logit = float(explanation.logits[region])
-    axes[0, 0].set_title(f"voxel {list(voxel)}\n{BRATS_REGIONS[region]} logit {logit:.2f}", fontsize=9)
-    axes[1, 0].axis("off")
-    axes[1, 0].text(
-        0.0,
-        0.5,
-        "logit = Σ_k w_k·s_k + b\nrow 1: s_k on this slice\nrow 2: the training voxel\nprototype k was pushed onto",
-        fontsize=9,
-        va="center",
-    )
+    marker = (image.shape[2] - 1 - voxel[1], image.shape[1] - 1 - voxel[0])  # (row, col) in the displayed plane
+    _draw_voxel_column(axes[:, 0], plane, predicted, voxel, marker, f"{BRATS_REGIONS[region]} logit "
+                       f"{float(explanation.logits[region]):.2f}")  # fmt: skip
     for column, k in enumerate(prototypes, start=1):
-        contribution = float(explanation.contributions[region, column - 1])
-        similarity = float(explanation.similarities[region, column - 1])
         axes[0, column].imshow(plane, cmap="gray")
         axes[0, column].imshow(_axial(up[k], voxel[2]), cmap="jet", alpha=0.45, vmin=0.0, vmax=1.0)
-        axes[0, column].plot(col, row, "w+", markersize=10, markeredgewidth=1.5)
+        axes[0, column].plot(marker[1], marker[0], "w+", markersize=10, markeredgewidth=1.5)
+        contribution, similarity = (float(t[region, column - 1]) for t in (explanation.contributions,
+                                                                           explanation.similarities))  # fmt: skip
         axes[0, column].set_title(f"prototype {k}: w·s = {contribution:.2f}\n(s = {similarity:.2f})", fontsize=9)
-        source = provenance[k]
-        source_case = source_image(str(source["subject_id"]))
-        patch = _patch(source_case[FLAIR], source["input_voxel"], patch_half_width)
-        axes[1, column].imshow(patch, cmap="gray")
-        axes[1, column].plot(patch_half_width, patch_half_width, "r+", markersize=12, markeredgewidth=2)
-        axes[1, column].set_title(
-            f"{source['subject_id']}\nvoxel {list(source['input_voxel'])}, dilation {source['dilation']}", fontsize=8
-        )
+        _draw_source_patch(axes[1, column], provenance[k], source_image, patch_half_width)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    heading = f"why this voxel is {BRATS_REGIONS[region]}: its top {k_shown} prototypes"
+    heading = f"why this voxel is {BRATS_REGIONS[region]}: its top {len(prototypes)} prototypes"
     figure.suptitle(f"{title}: {heading}" if title else heading.capitalize(), fontsize=11)
     return figure, explanation, voxel
+
+
+def _draw_voxel_column(axes, plane, predicted, voxel, marker, logit_text: str) -> None:
+    """Column 0: the case's slice with the predicted region's outline and the voxel, and the figure's legend."""
+    axes[0].imshow(plane, cmap="gray")
+    if predicted[..., voxel[2]].any():
+        axes[0].contour(_axial(predicted.float(), voxel[2]), levels=[0.5], colors="yellow", linewidths=0.8)
+    axes[0].plot(marker[1], marker[0], "r+", markersize=12, markeredgewidth=2)
+    axes[0].set_title(f"voxel {list(voxel)}\n{logit_text}", fontsize=9)
+    axes[1].axis("off")
+    legend = "logit = Σ_k w_k·s_k + b\nrow 1: s_k on this slice\nrow 2: the training voxel\nprototype k was pushed onto"
+    axes[1].text(0.0, 0.5, legend, fontsize=9, va="center")
+
+
+def _draw_source_patch(ax, source: Mapping[str, Any], source_image: Callable[[str], torch.Tensor], half: int) -> None:
+    """The FLAIR patch around the training voxel a prototype was pushed onto, with the voxel marked."""
+    patch = _patch(source_image(str(source["subject_id"]))[FLAIR], source["input_voxel"], half)
+    ax.imshow(patch, cmap="gray")
+    ax.plot(half, half, "r+", markersize=12, markeredgewidth=2)
+    ax.set_title(
+        f"{source['subject_id']}\nvoxel {list(source['input_voxel'])}, dilation {source['dilation']}", fontsize=8
+    )
