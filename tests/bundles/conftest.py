@@ -47,3 +47,23 @@ def bundle_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return generate_cohort(
         tmp_path_factory.mktemp("bundle_cohort"), n_cases=10, seed=1, spacing=6.0, lgg_fraction=0.5, progress=False
     )
+
+
+def run_two_gloo_ranks(root: Path, overrides: dict, run: tuple[str, str], timeout: float = 900):
+    """``torchrun`` two CPU ranks (gloo, one thread each) of ``train.yaml`` + ``multi_gpu_train.yaml`` of the bundle
+    at ``root`` with ``overrides`` on the command line (lists as JSON, ``None`` as MONAI's ``$None``: a plain
+    ``None`` would not reach the config) and ``run = (id, expression)`` replacing one entry of its ``run`` list."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    args = []
+    for key, value in {**overrides, run[0]: run[1]}.items():
+        args += [f"--{key}", json.dumps(value) if isinstance(value, list) else "$None" if value is None else str(value)]
+    configs = str([str(root / "configs" / "train.yaml"), str(root / "configs" / "multi_gpu_train.yaml")])
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
+         "-m", "monai.bundle", "run", "--config_file", configs, "--bundle_root", str(root), *args],
+        capture_output=True, text=True, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip

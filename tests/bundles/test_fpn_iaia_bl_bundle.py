@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -19,7 +16,7 @@ from monai_protoshare.workflows.demo import bundle_workflow
 from monai_protoshare.workflows.options import fold_split, load_datalist
 from monai_protoshare.workflows.table1 import render_markdown
 from tests.bundles import test_bundle_export, test_bundle_files
-from tests.bundles.conftest import BUNDLES_DIR, tiny_overrides
+from tests.bundles.conftest import BUNDLES_DIR, run_two_gloo_ranks, tiny_overrides
 
 BUNDLE = "fpn_iaia_bl"
 #: warm-up 2, stage A 2 (encoder frozen), push, last layer 2, stage C 2, push, last layer 2
@@ -198,21 +195,9 @@ def test_two_process_gloo_training_keeps_the_ranks_identical_through_stages_a_an
     both ranks end with the same parameters (prototypes, pyramid, encoder, last layer)."""
     root = BUNDLES_DIR / BUNDLE
     overrides = {**tiny_overrides(BUNDLE), **SCHEDULE, "dataset_dir": str(bundle_cohort), "output_dir": str(tmp_path)}
-    overrides["model_path"] = "$None"  # the command line cannot pass None: "$None" evaluates to it
-    args = []
-    for key, value in overrides.items():
-        args += [f"--{key}", json.dumps(value) if isinstance(value, list) else str(value)]
     # each rank saves its trained parameters; the bundle's own `finalize` ends the run
-    args += [
-        "--run#0",
-        "$[@train#trainer.run(), torch.save({k: v.detach() for k, v in @network.named_parameters()}, os.path.join(@fold_dir, f'rank{dist.get_rank()}.pt'))]",
-    ]
-    configs = str([str(root / "configs" / "train.yaml"), str(root / "configs" / "multi_gpu_train.yaml")])
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
-         "-m", "monai.bundle", "run", "--config_file", configs, "--bundle_root", str(root), *args],
-        capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
+    save = "torch.save({k: v.detach() for k, v in @network.named_parameters()}, os.path.join(@fold_dir, f'rank{dist.get_rank()}.pt'))"
+    result = run_two_gloo_ranks(root, overrides, ("run#0", f"$[@train#trainer.run(), {save}]"))
     assert result.returncode == 0, result.stderr[-4000:]
     rank0 = torch.load(tmp_path / "fold0" / "rank0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "fold0" / "rank1.pt", weights_only=True)

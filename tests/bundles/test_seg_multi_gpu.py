@@ -4,15 +4,10 @@ identical parameters (the gradients are averaged over ranks), rank 0 writes the 
 BN running statistics are rank 0's before each forward (DDP's ``broadcast_buffers``), so after the last forward
 each rank holds its own; rank 0's are the ones saved, as with DDP."""
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
-from tests.bundles.conftest import BUNDLES_DIR
+from tests.bundles.conftest import BUNDLES_DIR, run_two_gloo_ranks
 from tests.bundles.test_seg_bundles import MODEL, TINY_SEG
 
 
@@ -26,25 +21,12 @@ def test_two_process_gloo_training(bundle, bundle_cohort, tmp_path):
         "epochs": 2,
         "dataset_dir": str(bundle_cohort),
         "output_dir": str(tmp_path),
-        "model_path": "$None",
+        "model_path": None,
         "fold": 0,
     }
-    args = []
-    for key, value in overrides.items():
-        args += [f"--{key}", json.dumps(value) if isinstance(value, list) else str(value)]
     # each rank saves its trained parameters for the comparison (before proto_seg's push, which rank 0 alone runs)
-    args += [
-        "--run#1",
-        "$[@train#trainer.run(), torch.save({k: v.detach() for k, v in @network.named_parameters()},"
-        " os.path.join(@fold_dir, f'rank{dist.get_rank()}.pt'))]",
-    ]
-    configs = str([str(root / "configs" / "train.yaml"), str(root / "configs" / "multi_gpu_train.yaml")])
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
-         "-m", "monai.bundle", "run", "--config_file", configs, "--bundle_root", str(root), *args],
-        capture_output=True, text=True, timeout=240, env=env,
-    )  # fmt: skip
+    save = "torch.save({k: v.detach() for k, v in @network.named_parameters()}, os.path.join(@fold_dir, f'rank{dist.get_rank()}.pt'))"
+    result = run_two_gloo_ranks(root, overrides, ("run#1", f"$[@train#trainer.run(), {save}]"), timeout=240)
     assert result.returncode == 0, result.stderr[-4000:]
     fold = tmp_path / "fold0"
     rank0 = torch.load(fold / "rank0.pt", weights_only=True)
